@@ -1,0 +1,62 @@
+"""Helpers shared by the commands: loading config with one line per problem, talking to a running hub."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from urllib import error, request
+
+from hub.config import Config, load_config
+from hub.errors import ConfigError
+
+EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 3
+
+
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help="config file (default ./config.toml, then $KITT_CONFIG)")
+
+
+def load_or_exit(path: str | None) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def api_call(config: Config, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 10.0) -> Any:
+    """Call the running hub's HTTP API with the configured token; exit 3 with a clear line if it is down."""
+    host = config.web.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{host}:{config.web.port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = request.Request(url, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    if config.web.token:
+        req.add_header("Authorization", f"Bearer {config.web.token}")
+    try:
+        with request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+            return json.loads(raw) if raw else None
+    except error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        try:
+            detail = json.loads(detail).get("error", detail)
+        except (ValueError, AttributeError):
+            pass
+        print(f"{method} {path}: HTTP {exc.code}: {detail}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (error.URLError, OSError) as exc:
+        print(f"the hub does not answer at {url}: {getattr(exc, 'reason', exc)} (is `kitt-hub run` running?)",
+              file=sys.stderr)
+        raise SystemExit(EXIT_UNAVAILABLE) from None
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
