@@ -102,6 +102,7 @@ class Hub:
         assert self.store is not None
         self.spine = Spine(config=cfg, store=self.store, metrics=self.metrics)
         self.web_deps.spine = self.spine
+        await self._before_plugins()
         self.plugins = PluginHost(names=cfg.plugins or DEFAULT_PLUGINS, make_context=self._plugin_context)
         self.plugins.load()
         await self.plugins.start()
@@ -128,6 +129,15 @@ class Hub:
         from hub import services as kernel_services
 
         await kernel_services.start_all(self)
+
+    async def _before_plugins(self) -> None:
+        from hub import services as kernel_services
+
+        await kernel_services.before_plugins(self)
+
+    def push_stop(self, stop: Callable[[], Awaitable[Any]]) -> None:
+        """Register a stop callable, run in reverse order of registration on close."""
+        self._stack.push_async_callback(stop)
 
     async def _post_start(self) -> None:
         from hub import services as kernel_services

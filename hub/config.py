@@ -178,7 +178,7 @@ class WebSection(Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT")
         return v
@@ -192,9 +192,9 @@ class WebSection(Section):
 
     def token_path(self) -> Path:
         p = Path(self.token_file or "var/web-token")
-        if not p.is_absolute() and (creds := os.environ.get("CREDENTIALS_DIRECTORY")):
-            if (Path(creds) / p).exists():
-                return Path(creds) / p
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not p.is_absolute() and creds and (Path(creds) / p).exists():
+            return Path(creds) / p
         return p
 
     @property

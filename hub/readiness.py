@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-Check = Callable[[], "bool | str | None | Awaitable[bool | str | None]"]
+Check = Callable[[], "bool | str | Awaitable[bool | str | None] | None"]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,20 @@ async def start_all(hub: Hub) -> None:
     """Start services that do not need the store; slow loads go to the background."""
 
 
+async def before_plugins(hub: Hub) -> None:
+    """Kernel services that plugins use from their start(): confirmations."""
+    from hub.confirmations import ConfirmationService
+
+    assert hub.store is not None and hub.spine is not None
+    spine = hub.spine
+    service = ConfirmationService(store=hub.store, metrics=hub.metrics, hazards=hub.config.hazards,
+                                  devices=lambda: hub.services.devices, notify_outbox=spine.notify_outbox,
+                                  dsn=hub.store.dsn)
+    await service.start()
+    hub.services.confirmations = service
+    hub.push_stop(service.stop)
+
+
 async def after_spine(hub: Hub) -> None:
     """Start services that need the store and the spine (jobs)."""
 

@@ -51,12 +51,9 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(config: Config, started: float) -> int:
     from hub.app import Hub
 
-    try:
-        from hub.sdnotify import SystemdNotifier
-    except ImportError:  # TODO(lead): remove once hub/sdnotify.py lands
-        from hub._sdnotify_fallback import SystemdNotifier  # type: ignore[no-redef]
+    from hub.sdnotify import SystemdNotifier
 
-    notifier = SystemdNotifier()
+    notifier = SystemdNotifier.from_environ(unset=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

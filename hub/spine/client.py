@@ -149,7 +149,7 @@ class MqttConnection:
                 await self._client.connect(s.host, s.port, ssl=self._ssl(), keepalive=s.keepalive_s,
                                            version=MQTTv50)
                 return
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 delay = self._backoff()
                 log.warning("MQTT broker not reachable; retrying", broker=s.redacted_url(),
                             error=str(exc) or type(exc).__name__, retry_in_s=round(delay, 2))

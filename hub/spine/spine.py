@@ -133,7 +133,7 @@ class Spine:
         self._accepting = False
         deadline = time.monotonic() + bound
         if self._tasks:
-            done, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
             if pending:
                 log.warning("shutdown: work left in the inbox for the next start", unfinished=len(pending))
                 for task in pending:
@@ -299,9 +299,9 @@ class Spine:
     async def handling(self, inbound: Inbound) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that also marks ``inbound``'s inbox row done: effects and done commit together."""
         async with self._store.transaction() as conn:
-            if inbound.inbox_id is not None and not inbound.finished:
-                if not await self._inbox.finish(inbound.inbox_id, conn=conn):
-                    raise AlreadyHandled(f"inbox row {inbound.inbox_id} already finished")
+            if inbound.inbox_id is not None and not inbound.finished \
+                    and not await self._inbox.finish(inbound.inbox_id, conn=conn):
+                raise AlreadyHandled(f"inbox row {inbound.inbox_id} already finished")
             yield conn
         inbound.finished = True
         self.relay.notify()

@@ -58,7 +58,8 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                    checksum text NOT NULL,
                    applied_at timestamptz NOT NULL DEFAULT now())"""
         )
-        done = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM schema_migrations")}
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
+        done = {r["version"]: r["checksum"] for r in rows}
         for m in migrations:
             if m.version in done:
                 if done[m.version] != m.checksum:

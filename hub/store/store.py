@@ -54,6 +54,10 @@ class Store:
         self._pool: asyncpg.Pool | None = None
 
     @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreError("store is not started")

@@ -1,0 +1,27 @@
+"""Shared fixtures: a throwaway database on the real PostgreSQL, a state folder, test configs.
+
+Layers: tests/unit (no I/O, seconds), tests/integration (real PostgreSQL, Redis, Mosquitto), tests/fault
+(own service instances, kills), tests/browser (Chromium), bench smoke. Select with ``-m``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.db import temporary_database
+
+
+@pytest.fixture
+async def db_dsn() -> AsyncIterator[str]:
+    async with temporary_database() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
