@@ -50,7 +50,6 @@ def _run(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config, started: float) -> int:
     from hub.app import Hub
-
     from hub.sdnotify import SystemdNotifier
 
     notifier = SystemdNotifier.from_environ(unset=True)
