@@ -1,11 +1,14 @@
-"""Kernel services beside the spine (embedder, vectors, cache, jobs), wired to the hub by configuration.
+"""Kernel services beside the spine, wired by configuration: embedder, vectors, memory, semantic cache,
+confirmations, jobs. Kept apart from ``hub.app`` so the kernel's start/stop order stays readable.
 
-Kept apart from ``hub.app`` so the kernel's start/stop order stays readable.
+The slow ones (model load, vector index open) never delay readiness: they are reported by ``/readyz`` as
+non-required checks and used by plugins once ready.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -16,7 +19,51 @@ log = structlog.get_logger("kitt.services")
 
 
 async def start_all(hub: Hub) -> None:
-    """Start services that do not need the store; slow loads go to the background."""
+    """Services that do not need the store: the embedder (loads in the background), vectors, cache."""
+    from hub.cache import SemanticCache, make_backend
+    from hub.embeddings import Embedder
+    from hub.vectors import MemoryStore, open_vector_store
+
+    cfg = hub.config
+    embedder = Embedder(model_path=cfg.resolve(cfg.embeddings.model),
+                        tokenizer_path=cfg.resolve(cfg.embeddings.tokenizer),
+                        threads=cfg.embeddings.threads, metrics=hub.metrics, lru_size=cfg.embeddings.lru_size)
+    await embedder.start()
+    hub.push_stop(embedder.stop)
+    hub.services.embedder = embedder
+    hub.readiness.add("embedder", lambda: True if embedder.ready else (embedder.readiness_reason or "loading"),
+                      required=False)
+
+    vectors = open_vector_store(url=cfg.vectors.url, api_key=cfg.vectors.api_key or None, state_dir=cfg.state_dir)
+    vectors_state: dict[str, Any] = {"ready": False, "error": None}
+    hub.readiness.add("vectors", lambda: True if vectors_state["ready"] else (vectors_state["error"] or "opening"),
+                      required=False)
+
+    async def open_vectors() -> None:
+        try:
+            await vectors.start()
+            memory = MemoryStore(store=vectors, dim=embedder.dim)
+            await memory.start()
+            hub.services.memory = memory
+            cache = SemanticCache(backend=make_backend(redis_url=cfg.redis.url, max_entries=cfg.cache.max_entries,
+                                                       ttl_s=cfg.cache.ttl_s, prefix=f"kitt:{cfg.hub.id}:cache:"),
+                                  vectors=vectors, metrics=hub.metrics, threshold=cfg.cache.threshold,
+                                  ttl_s=cfg.cache.ttl_s, dim=embedder.dim)
+            await cache.start()
+            hub.services.cache = cache
+            vectors_state["ready"] = True
+        except Exception as exc:  # the hub runs without memory and cache; readiness says why
+            vectors_state["error"] = f"{type(exc).__name__}: {exc}"
+            log.exception("vector store or cache failed to start")
+
+    async def stop_vectors() -> None:
+        if hub.services.cache is not None:
+            await hub.services.cache.stop()
+        await vectors.stop()
+
+    hub.services.vectors = vectors
+    hub.push_stop(stop_vectors)
+    await open_vectors()
 
 
 async def before_plugins(hub: Hub) -> None:
@@ -34,8 +81,58 @@ async def before_plugins(hub: Hub) -> None:
 
 
 async def after_spine(hub: Hub) -> None:
-    """Start services that need the store and the spine (jobs)."""
+    """Services that need the store, the spine and the plugins' services: cache invalidation, jobs."""
+    devices = hub.services.devices
+    if devices is not None:
+        def on_change(name: str, state: Any) -> None:
+            cache = hub.services.cache
+            if cache is not None:
+                hub.spawn(cache.invalidate_tag(name), f"kitt[cache].invalidate:{name}")
+
+        hub.push_stop(_as_async(devices.subscribe_changes(on_change)))
+    await _start_jobs(hub)
+
+
+def _as_async(undo: Any) -> Any:
+    async def run() -> None:
+        if callable(undo):
+            undo()
+
+    return run
+
+
+async def _start_jobs(hub: Hub) -> None:
+    if not hub.config.jobs:
+        return
+    try:
+        from hub.jobs import JobService
+    except ImportError:
+        log.warning("jobs are not available in this build")
+        return
+    assert hub.store is not None and hub.spine is not None
+    spine = hub.spine
+
+    async def publish(topic: str, payload: dict[str, Any]) -> None:
+        await spine.publish(topic, payload, qos=1)
+
+    async def health_probe() -> dict[str, Any]:
+        _, checks = await hub.readiness.evaluate()
+        out: dict[str, Any] = {c.name: ("ok" if c.ok else c.reason) for c in checks}
+        devices = hub.services.devices
+        if devices is not None:
+            for info in devices.all():
+                state = devices.state(info.name)
+                out[f"device:{info.name}"] = "ok" if state is not None and state.available else "unavailable"
+        return out
+
+    jobs = JobService(store=hub.store, metrics=hub.metrics, jobs=hub.config.jobs,
+                      instance_id=hub.config.client_id, publish=publish, health_probe=health_probe,
+                      frontier=None, hazard_gate=None, hub_id=hub.config.hub.id)
+    await jobs.start()
+    hub.services.jobs = jobs
+    hub.push_stop(jobs.stop)
 
 
 async def before_spine_stop(hub: Hub) -> None:
-    """Stop what ``after_spine`` started."""
+    """Nothing yet: services registered with ``push_stop`` stop in reverse order."""
+    await asyncio.sleep(0)

@@ -84,6 +84,7 @@ class ConfirmationService:
         self._listener: asyncpg.Connection | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -93,6 +94,7 @@ class ConfirmationService:
         self._spawn(self.reconcile_executing(), "kitt[confirmations].reconcile")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -112,11 +114,13 @@ class ConfirmationService:
             raise StoreError(f"cannot listen for confirmation changes: {exc}") from exc
 
     def _on_listener_lost(self, conn: asyncpg.Connection) -> None:
+        if self._stopping:
+            return
         log.warning("confirmation listener lost; reconnecting")
         self._spawn(self._relisten(), "kitt[confirmations].relisten")
 
     async def _relisten(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._listen()
                 return
