@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from hub.config import Config
+from hub.errors import KittError
 from hub.metrics import Metrics
 from hub.plugins import PluginContext, PluginHost, Services
 from hub.readiness import Readiness
@@ -41,8 +42,10 @@ DEFAULT_PLUGINS = (
 class Hub:
     """One running hub. Use as ``async with Hub(config) as hub: await hub.wait_closed()``."""
 
-    def __init__(self, config: Config, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, *, metrics: Metrics | None = None,
+                 on_status: Callable[[str], Any] | None = None) -> None:
         self.config = config
+        self._on_status = on_status
         self.metrics = metrics or Metrics()
         self.readiness = Readiness()
         self.services = Services()
@@ -81,6 +84,11 @@ class Hub:
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    def _status(self, text: str) -> None:
+        """A progress line for systemd's STATUS= (and nothing else)."""
+        if self._on_status is not None:
+            self._on_status(text)
+
     async def _enter(self, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> None:
         await start()
         self._stack.push_async_callback(stop)
@@ -91,15 +99,20 @@ class Hub:
         self.web_deps.token = ensure_token(cfg.web)
         self.web = WebServer(deps=self.web_deps)
         await self._enter(self.web.start, self.web.stop)
+        self._status(f"web listening on {cfg.web.listen}")
         self.readiness.add("store", self._store_check)
         self.readiness.add("spine", self._spine_check)
 
         # The store and the slow, deferred services start side by side.
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._start_store(), name="kitt[start].store")
-            tg.create_task(self._start_services(), name="kitt[start].services")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._start_store(), name="kitt[start].store")
+                tg.create_task(self._start_services(), name="kitt[start].services")
+        except* KittError as group:
+            raise group.exceptions[0] from None
 
         assert self.store is not None
+        self._status("store ready; starting plugins")
         self.spine = Spine(config=cfg, store=self.store, metrics=self.metrics)
         self.web_deps.spine = self.spine
         await self._before_plugins()
@@ -109,6 +122,7 @@ class Hub:
         self._stack.push_async_callback(self.plugins.stop)
         # Spine after plugins: every route is declared before the first SUBSCRIBE; it stops first.
         await self._enter(self.spine.start, self.spine.stop)
+        self._status(f"plugins {len(self.plugins.names)} running; connecting to MQTT {cfg.mqtt.redacted_url()}")
         self._stack.push_async_callback(self._stop_post_start)
         await self._post_start()
 

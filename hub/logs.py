@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from hub.tracing import add_correlation_id, add_trace_ids
+
 _SECRET_KEYS = frozenset({"token", "password", "pin", "api_key", "secret", "authorization", "cookie"})
 
 
@@ -28,6 +30,8 @@ def configure_logging(*, level: str = "info", fmt: str = "console") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            add_correlation_id,
+            add_trace_ids,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _redact_secrets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -51,21 +52,32 @@ def _run(args: argparse.Namespace) -> int:
 async def _serve(config: Config, started: float) -> int:
     from hub.app import Hub
     from hub.sdnotify import SystemdNotifier
+    from hub.tracing import setup_tracing
 
     notifier = SystemdNotifier.from_environ(unset=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if os.environ.get("KITT_TEST_HOOKS") == "1":
+        # Test hook: SIGUSR1 blocks the event loop, as a runaway handler would (the watchdog must notice).
+        block_s = float(os.environ.get("KITT_TEST_BLOCK_S", "3"))
+        loop.add_signal_handler(signal.SIGUSR1, time.sleep, block_s)
     notifier.status("starting")
-    async with Hub(config) as hub:
-        watchdog = hub.spawn(notifier.watchdog_loop(lambda: True), "kitt[systemd].watchdog")
+    tracer = setup_tracing(config.telemetry.otlp_endpoint, config.telemetry.service_name)
+    if not (config.state_dir / "pg" / "PG_VERSION").exists() and config.database.url == "embedded":
+        notifier.extend_timeout(120)  # the first start runs initdb
+    async with Hub(config, on_status=notifier.status) as hub:
+        # Pings come from the event loop itself: a blocked loop stops them and systemd restarts us.
+        watchdog = hub.spawn(notifier.watchdog_loop(lambda: hub.spine is not None), "kitt[systemd].watchdog")
         ready_task = hub.spawn(_announce_ready(hub, notifier, started), "kitt[systemd].ready")
         await stop.wait()
-        log.info("stopping: draining in-flight work")
-        notifier.stopping()
+        in_flight = hub.spine.status["in_flight"] if hub.spine else 0
+        log.info("stopping: draining in-flight work", in_flight=in_flight)
+        notifier.stopping(f"draining {in_flight} in-flight")
         for task in (watchdog, ready_task):
             task.cancel()
+    await asyncio.to_thread(tracer.shutdown)
     log.info("stopped")
     return 0
 
