@@ -1,9 +1,14 @@
 """On-device sentence embeddings: int8 all-MiniLM-L6-v2 through onnxruntime, micro-batched, LRU-cached.
 
 One shared ``InferenceSession`` runs on a single worker thread (so the event loop never blocks and the
-intra-op pool is never oversubscribed); concurrent callers are collected for ``batch_window_s`` and run
-as one padded batch. A repeated text (after :func:`normalise_text`) is answered from the LRU without a
-model run, so ``kitt_embeddings_computed_total`` counts exactly the texts that went through the model.
+intra-op pool is never oversubscribed). Concurrent callers are collected (for at most
+``batch_window_s``, and only while more keep arriving) and handed to the worker as one batch. Inside
+it each text runs alone by default: the int8 graph quantises activations per tensor, so texts sharing
+a padded run change each other's vectors (min cosine to fp32 0.978 alone, 0.961 in fours, 0.946 in
+32s over the fixture sentences). ``pad_batches=True`` runs one padded tensor instead (exact for an
+fp32 graph, faster under heavy load). A repeated text (after :func:`normalise_text`) is answered from
+the LRU without a model run, so ``kitt_embeddings_computed_total`` counts exactly the texts that went
+through the model.
 """
 
 from __future__ import annotations
@@ -101,6 +106,9 @@ class _Model:
         (out,) = self.session.run(["sentence_embedding"], feeds)
         return np.ascontiguousarray(out, dtype=np.float32)
 
+    def run_each(self, texts: list[str]) -> np.ndarray:
+        return np.vstack([self.run([t]) for t in texts])
+
 
 class Embedder:
     """Async front of the model. ``start()`` returns at once; the model loads on the worker thread."""
@@ -115,6 +123,7 @@ class Embedder:
         lru_size: int = 4096,
         max_batch: int = 32,
         batch_window_s: float = 0.002,
+        pad_batches: bool = False,
     ) -> None:
         if threads < 1:
             raise ValueError("threads must be >= 1")
@@ -125,6 +134,7 @@ class Embedder:
         self._lru_size = lru_size
         self._max_batch = max_batch
         self._window = batch_window_s
+        self._pad_batches = pad_batches
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._pending: dict[str, asyncio.Future[np.ndarray]] = {}
         self._queue: list[str] = []
@@ -134,7 +144,7 @@ class Embedder:
         self._batcher: asyncio.Task[None] | None = None
         self._model: _Model | None = None
         self._error: str | None = None
-        self.runs = 0  # model runs (batches), for tests and `status`
+        self.runs = 0  # worker runs (one per micro-batch), for tests and `status`
 
     # lifecycle -------------------------------------------------------------------------------------
 
@@ -242,8 +252,13 @@ class Embedder:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if len(self._queue) < self._max_batch and self._window > 0:
-                await asyncio.sleep(self._window)  # let concurrent callers join this batch
+            # collect concurrent callers for up to the window, but only while more keep arriving:
+            # a lone request must not pay the whole window (3.7 ms instead of 1.3 ms P50 here)
+            deadline = loop.time() + self._window
+            seen = -1
+            while seen != len(self._queue) < self._max_batch and loop.time() < deadline:
+                seen = len(self._queue)
+                await asyncio.sleep(0)
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             if not self._queue:
                 self._wake.clear()
@@ -252,7 +267,8 @@ class Embedder:
             try:
                 model = await asyncio.shield(self._load)
                 started = time.perf_counter()
-                vectors = await loop.run_in_executor(self._executor, model.run, batch)
+                run = model.run if self._pad_batches else model.run_each
+                vectors = await loop.run_in_executor(self._executor, run, batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

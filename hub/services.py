@@ -125,12 +125,50 @@ async def _start_jobs(hub: Hub) -> None:
                 out[f"device:{info.name}"] = "ok" if state is not None and state.available else "unavailable"
         return out
 
+    async def frontier(prompt: str) -> str | None:
+        client = hub.services.frontier
+        if client is None or not client.enabled:
+            return None
+        from hub.frontier import FrontierError
+
+        try:
+            reply = await client.chat([{"role": "user", "content": prompt}])
+        except FrontierError as exc:
+            log.warning("frontier unavailable for a routine", error=str(exc))
+            return None
+        return reply.text
+
     jobs = JobService(store=hub.store, metrics=hub.metrics, jobs=hub.config.jobs,
                       instance_id=hub.config.client_id, publish=publish, health_probe=health_probe,
-                      frontier=None, hazard_gate=None, hub_id=hub.config.hub.id)
+                      frontier=frontier, hazard_gate=lambda task: _hazard_gate(hub, task), hub_id=hub.config.hub.id)
     await jobs.start()
     hub.services.jobs = jobs
     hub.push_stop(jobs.stop)
+
+
+async def _hazard_gate(hub: Hub, task: Any) -> str:
+    """A hazardous task never runs on its own: it opens (once per task) a confirmation a person must approve."""
+    from hub.contracts import DeviceAction, Principal
+
+    service = hub.services.confirmations
+    if service is None:
+        raise RuntimeError("no confirmation service: hazardous tasks wait")
+    correlation = f"task:{task.id}"
+    assert hub.store is not None
+    existing = await hub.store.fetchval(
+        "SELECT id FROM confirmations WHERE correlation_id = $1 AND state IN ('pending', 'confirmed', 'executing')",
+        correlation)
+    if existing:
+        return existing
+    params = dict(task.params or {})
+    action = DeviceAction(str(params.get("device", "task")), str(params.get("action", task.action)),
+                          dict(params.get("params") or {}))
+    devices = hub.services.devices
+    hazard = (devices.hazard_class(action) if devices is not None else None) or "task.hazardous"
+    confirmation = await service.request(action, hazard_class=hazard,
+                                         principal=Principal(kind="job", user="task_execution_cycle"),
+                                         correlation_id=correlation)
+    return confirmation.id
 
 
 async def before_spine_stop(hub: Hub) -> None:

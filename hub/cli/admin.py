@@ -106,8 +106,7 @@ def _one_line(value: Any) -> str:
 
 def _confirm_list(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    items = api_call(config, "GET", "/api/v1/confirmations?state=pending")
-    items = items.get("items", items) if isinstance(items, dict) else items
+    items = api_call(config, "GET", "/api/v1/confirmations?state=pending")["confirmations"]
     if not items:
         print("no pending confirmations")
     for c in items:
@@ -134,10 +133,9 @@ def _confirm_cancel(args: argparse.Namespace) -> int:
 
 def _jobs_list(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    jobs = api_call(config, "GET", "/api/v1/jobs")
-    jobs = jobs.get("items", jobs) if isinstance(jobs, dict) else jobs
+    jobs = api_call(config, "GET", "/api/v1/jobs")["jobs"]
     for job in jobs:
-        print(f"{job.get('name', ''):<28} {job.get('schedule', ''):<14} next={job.get('next_run_at')} "
+        print(f"{job.get('name', ''):<28} {job.get('expr', ''):<14} next={job.get('next_run_at')} "
               f"last={job.get('last_status')} enabled={job.get('enabled')}")
     return 0
 
@@ -152,17 +150,16 @@ def _jobs_run(args: argparse.Namespace) -> int:
 def _jobs_history(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     query = urllib.parse.urlencode({k: v for k, v in {"name": args.name, "limit": args.limit}.items() if v})
-    runs = api_call(config, "GET", f"/api/v1/jobs/history?{query}")
-    runs = runs.get("items", runs) if isinstance(runs, dict) else runs
+    runs = api_call(config, "GET", f"/api/v1/jobs/history?{query}")["runs"]
     for run in runs:
         print(f"{run.get('id')}  {run.get('job') or run.get('name')}  {run.get('status'):<10} "
-              f"attempts={run.get('attempts')} {run.get('duration_ms') or ''}  {run.get('error') or ''}")
+              f"attempts={run.get('attempts')} {run.get('duration_ms') or ''}  {run.get('last_error') or ''}")
     return 0
 
 
 def _goals_list(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
-    print_json(api_call(config, "GET", "/api/v1/goals"))
+    print_json(api_call(config, "GET", "/api/v1/goals")["goals"])
     return 0
 
 

@@ -172,8 +172,6 @@ def plan_ticks(
     nxt = schedule.next_after(now)
     if count == 0:
         return TickPlan(run=[], missed=0, next_run_at=next_run_at)
-    if policy == "skip":
-        run = recent[-1:] if now - recent[-1] <= grace else []
-    else:
-        run = recent[-keep:]
+    on_time = now - recent[-1] <= grace
+    run = recent[-keep:] if policy != "skip" or on_time else []
     return TickPlan(run=run, missed=count - len(run), next_run_at=nxt)

@@ -2,7 +2,14 @@
 
 Inserts from concurrent messages are group-committed (one multi-row INSERT per batch), so the broker's
 in-flight window costs one round trip instead of one each. A row is ``pending`` until its handler marks it
-done in the same transaction as its effects; pending rows are resumed after a crash.
+done in the same transaction as its effects.
+
+Who works on a pending row: the instance that inserted it (``claimed_by`` = its MQTT client id, for
+``CLAIM_SECONDS``). After a crash, the same client id takes back its own pending rows at start-up
+(``claim_own``), before it connects, so the broker's redeliveries meet rows already being worked on; another
+instance takes a row over only once its claim expired (``claim_stale``). A redelivered message whose row is
+still pending and not being worked on here is taken over at once (``Added.takeover``). Two workers racing
+on one row is harmless: the conditional ``done`` UPDATE lets exactly one transaction commit its effects.
 """
 
 from __future__ import annotations
@@ -31,8 +38,28 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, dedupe_key
 """  # $1 keys, $2 topics, $3 payloads, $4 properties (json text), $5 qos, $6 claimed_by, $7 claim seconds
 
+# A key that was seen before: take the row over if it is still pending and nobody else holds a live claim.
+_TAKEOVER_SQL = """
+UPDATE inbox SET claimed_by = $2, claimed_until = now() + make_interval(secs => $3)
+WHERE dedupe_key = ANY($1::text[]) AND state = 'pending'
+  AND (claimed_by = $2 OR claimed_until IS NULL OR claimed_until < now())
+  AND id <> ALL($4::bigint[])
+RETURNING id, dedupe_key, topic, payload, properties, qos
+"""  # $1 keys, $2 owner, $3 claim seconds, $4 ids being worked on here
+
 _MARK_DONE_SQL = """UPDATE inbox SET state = $2, finished_at = now(), error = $3, attempts = attempts + 1
                     WHERE id = $1 AND state = 'pending' RETURNING id"""  # $1 id, $2 state, $3 error
+
+_CLAIM_SQL = """
+UPDATE inbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
+WHERE id IN (SELECT id FROM inbox WHERE state = 'pending' AND id <> ALL($4::bigint[]) AND ({where})
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+RETURNING id, dedupe_key, topic, payload, properties, qos
+"""  # $1 owner, $2 claim seconds, $3 limit, $4 ids being worked on here, $5 (stale only) min age seconds
+
+_OWN = "claimed_by = $1"
+_STALE = ("claimed_until IS NULL OR claimed_until < now() "
+          "OR (claimed_by = $1 AND received_at < now() - make_interval(secs => $5))")
 
 
 @dataclass(frozen=True)
@@ -43,6 +70,14 @@ class InboxRow:
     payload: bytes
     properties: dict[str, Any]
     qos: int
+
+
+@dataclass(frozen=True)
+class Added:
+    """What ``Inbox.add`` did: a new row (``row_id``), a redelivery to take over (``takeover``), or neither."""
+
+    row_id: int | None = None
+    takeover: InboxRow | None = None
 
 
 def _enc(x: Any) -> Any:
@@ -62,13 +97,24 @@ def properties_from_json(data: dict[str, Any]) -> dict[str, Any]:
     return {k: [_dec(x) for x in v] if isinstance(v, list) else _dec(v) for k, v in data.items()}
 
 
+def _row(r: asyncpg.Record) -> InboxRow:
+    return InboxRow(r["id"], r["dedupe_key"], r["topic"], bytes(r["payload"]), properties_from_json(r["properties"]),
+                    r["qos"])
+
+
+_Item = tuple[str, str, bytes, str, int, "asyncio.Future[Added]"]
+
+
 class Inbox:
+    """The group-commit writer plus the set of rows this instance is working on (``working``)."""
+
     def __init__(self, *, store: Store, owner: str, max_batch: int = 256) -> None:
         self._store = store
         self._owner = owner
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[str, str, bytes, str, int, asyncio.Future[int | None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self.working: set[int] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._writer(), name="kitt[spine].inbox-writer")
@@ -77,15 +123,20 @@ class Inbox:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         while not self._queue.empty():
             *_, fut = self._queue.get_nowait()
             if not fut.done():
                 fut.set_exception(StoreError("inbox stopped before commit"))
 
+    def release(self, row_id: int) -> None:
+        """This instance stopped working on the row (finished, or gave up until the next claim)."""
+        self.working.discard(row_id)
+
     async def add(self, *, dedupe_key: str, topic: str, payload: bytes, properties: dict[str, Any],
-                  qos: int) -> int | None:
-        """Commit the message; return its row id, or None when the key was seen before (a redelivery)."""
-        fut: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+                  qos: int) -> Added:
+        """Commit the message (raises ``StoreError`` if it did not commit; then it must not be acknowledged)."""
+        fut: asyncio.Future[Added] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((dedupe_key, topic, payload, properties_to_json(properties), qos, fut))
         return await fut
 
@@ -97,34 +148,42 @@ class Inbox:
                 batch.append(self._queue.get_nowait())
             await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[str, str, bytes, str, int, asyncio.Future[int | None]]]) -> None:
-        # Two copies of one key inside a batch: only the first may claim it.
-        seen: dict[str, list[asyncio.Future[int | None]]] = {}
-        uniq = []
+    async def _commit(self, batch: list[_Item]) -> None:
+        # Two copies of one key inside a batch: only the first may insert it; the others are duplicates.
+        first: dict[str, _Item] = {}
+        copies: list[_Item] = []
         for item in batch:
-            if item[0] in seen:
-                seen[item[0]].append(item[5])
-                continue
-            seen[item[0]] = []
-            uniq.append(item)
+            if item[0] in first:
+                copies.append(item)
+            else:
+                first[item[0]] = item
+        uniq = list(first.values())
         try:
             rows = await self._store.write_fetch(
                 _INSERT_SQL,
                 [i[0] for i in uniq], [i[1] for i in uniq], [i[2] for i in uniq], [i[3] for i in uniq],
                 [i[4] for i in uniq], self._owner, float(CLAIM_SECONDS),
             )
+            ids = {r["dedupe_key"]: r["id"] for r in rows}
+            seen_before = [i[0] for i in uniq if i[0] not in ids]
+            taken: dict[str, InboxRow] = {}
+            if seen_before:
+                taken = {r["dedupe_key"]: _row(r) for r in await self._store.write_fetch(
+                    _TAKEOVER_SQL, seen_before, self._owner, float(CLAIM_SECONDS), list(self.working))}
         except StoreError as exc:
             for item in batch:
                 if not item[5].done():
                     item[5].set_exception(exc)
             return
-        ids = {r["dedupe_key"]: r["id"] for r in rows}
-        for key, _t, _p, _pr, _q, fut in uniq:
+        # Marked as worked on before any caller resumes: a concurrent claim never hands the row out twice.
+        self.working.update(ids.values())
+        self.working.update(r.id for r in taken.values())
+        for key, *_rest, fut in uniq:
             if not fut.done():
-                fut.set_result(ids.get(key))
-            for dup in seen[key]:
-                if not dup.done():
-                    dup.set_result(None)
+                fut.set_result(Added(row_id=ids.get(key), takeover=taken.get(key)))
+        for *_rest, fut in copies:
+            if not fut.done():
+                fut.set_result(Added())
 
     async def finish(self, inbox_id: int, *, state: str = "done", error: str | None = None,
                      conn: asyncpg.Connection | None = None) -> bool:
@@ -134,19 +193,21 @@ class Inbox:
         row = await self._store.write_returning(_MARK_DONE_SQL, inbox_id, state, error)
         return row is not None
 
-    async def claim_pending(self, limit: int = 500) -> list[InboxRow]:
-        """Rows left pending by this instance (a crash) or by one whose claim expired."""
-        rows = await self._store.write_fetch(
-            """UPDATE inbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
-               WHERE id IN (SELECT id FROM inbox WHERE state = 'pending'
-                              AND (claimed_by = $1 OR claimed_until IS NULL OR claimed_until < now())
-                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-               RETURNING id, dedupe_key, topic, payload, properties, qos""",  # $1 owner, $2 secs, $3 limit
-            self._owner, float(CLAIM_SECONDS), limit,
-        )
-        rows = sorted(rows, key=lambda r: r["id"])
-        return [InboxRow(r["id"], r["dedupe_key"], r["topic"], bytes(r["payload"]),
-                         properties_from_json(r["properties"]), r["qos"]) for r in rows]
+    async def claim_own(self, limit: int = 1000) -> list[InboxRow]:
+        """Pending rows under this client id that nobody here works on: left by our previous process."""
+        return await self._claim(_CLAIM_SQL.format(where=_OWN), limit)
+
+    async def claim_stale(self, *, min_age_s: float, limit: int = 1000) -> list[InboxRow]:
+        """Rows whose claim expired (another instance died), and our own that failed and are ``min_age_s`` old."""
+        return await self._claim(_CLAIM_SQL.format(where=_STALE), limit, float(min_age_s))
+
+    async def _claim(self, sql: str, limit: int, *extra: Any) -> list[InboxRow]:
+        rows = await self._store.write_fetch(sql, self._owner, float(CLAIM_SECONDS), limit, list(self.working),
+                                             *extra)
+        claimed = sorted((_row(r) for r in rows), key=lambda r: r.id)
+        claimed = [r for r in claimed if r.id not in self.working]
+        self.working.update(r.id for r in claimed)
+        return claimed
 
     async def prune(self, retention_s: int) -> int:
         status = await self._store.write(

@@ -99,6 +99,28 @@ class Inbound:
         return json.loads(self.payload)
 
 
+MAX_ID_LENGTH = 200
+
+
+def message_id(payload: bytes, properties: dict[str, Any]) -> str | None:
+    """The application id of a message: MQTT 5 user property ``id``, else a JSON payload's top-level ``id``.
+
+    Never raises: this runs on hostile input before validation (deep nesting, bad UTF-8, huge numbers).
+    """
+    for pair in properties.get("user_property", []) or []:
+        if isinstance(pair, list | tuple) and len(pair) == 2 and pair[0] == "id":
+            return str(pair[1])[:MAX_ID_LENGTH] or None
+    if payload[:1] != b"{":
+        return None
+    try:
+        value = json.loads(payload).get("id")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value)[:MAX_ID_LENGTH] or None
+
+
 def parse_payload(route: Route, payload: bytes) -> Any:
     """Validate against the route's model; raise ``InputRejected`` naming what was wrong."""
     if route.model is None:
@@ -112,6 +134,8 @@ def parse_payload(route: Route, payload: bytes) -> Any:
         raise InputRejected(kind, f"{loc}: {first['msg']} ({exc.error_count()} problem(s))") from exc
     except UnicodeDecodeError as exc:
         raise InputRejected("invalid_encoding", "payload is not UTF-8") from exc
+    except RecursionError as exc:
+        raise InputRejected("invalid_json", "payload nested too deeply") from exc
 
 
 class RouteTable:

@@ -1,16 +1,18 @@
 """The MQTT spine: routes inbound messages to handlers with persist-before-acknowledge, relays the outbox.
 
 Flow of one QoS 1/2 message on a durable route:
-  receive → validate (reject: error topic + metric + audit, then acknowledge) → inbox INSERT (group commit)
+  receive → take a processing slot (none free: wait, so the broker's window fills: back-pressure)
+  → validate (reject: error topic + metric + audit, then acknowledge) → inbox INSERT (group commit)
   → return to gmqtt, which only now sends PUBACK/PUBREC → handler (bounded, ordered per key)
   → handler's transaction marks the inbox row done together with its effects (outbox rows, events).
 A duplicate (same dedupe key) is acknowledged and has no second effect. Rows left pending by a crash are
-resumed on the next start.
+taken back before the next connect (same client id) or, by another instance, once their claim expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import time
 import uuid
@@ -24,35 +26,41 @@ import structlog
 from hub.config import Config
 from hub.errors import InputRejected, SpineError, StoreError
 from hub.metrics import Metrics
+from hub.spine.audit import AuditWriter
 from hub.spine.client import MqttConnection
 from hub.spine.inbox import Inbox, InboxRow
-from hub.spine.outbox import OutboxRelay, enqueue
-from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, parse_payload
+from hub.spine.outbox import OutboxRelay, OutRow, encode_payload, enqueue
+from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id, parse_payload
 from hub.spine.topics import HubTopics
+from hub.spine.txgroup import Finished, GroupAborted, TransactionGroups
 from hub.store import Store
 
 log = structlog.get_logger("kitt.spine")
 
 MAINTENANCE_INTERVAL_S = 30.0
+# An own pending row this old that nobody here works on failed mid-way (e.g. the database went away).
+RETRY_AFTER_S = 60.0
 MAX_ERROR_DETAIL = 300
+# Messages being handled at once, per unit of the broker window we ask for (mqtt.receive_maximum). Beyond
+# it a new message waits before it is acknowledged, so the broker stops sending: memory stays bounded.
+SLOTS_PER_WINDOW = 4
+# Runs of a handler whose grouped transaction was rolled back because of another message in the group.
+GROUP_ATTEMPTS = 3
 
 
 class AlreadyHandled(SpineError):
     """The inbox row was finished by someone else (a redelivery raced us): the effects are rolled back."""
 
 
-def _message_id(payload: bytes, properties: dict[str, Any]) -> str | None:
-    for pair in properties.get("user_property", []) or []:
-        if isinstance(pair, list | tuple) and len(pair) == 2 and pair[0] == "id":
-            return str(pair[1])
-    if payload[:1] == b"{":
-        try:
-            value = json.loads(payload).get("id")
-        except (ValueError, AttributeError):
-            return None
-        if isinstance(value, str | int) and str(value):
-            return str(value)[:200]
-    return None
+class _Block:
+    """The ``handling()`` block running in this task: outbox rows written in it go to the relay in memory."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.rows: list[OutRow] = []
+
+
+_current_block: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("kitt_spine_block", default=None)
 
 
 class Spine:
@@ -64,10 +72,15 @@ class Spine:
         self._metrics = metrics
         self.topics = HubTopics(config.hub.id)
         self._owner = config.client_id
+        self._group = config.mqtt.shared_group
         self._routes = RouteTable()
         self._semaphores: dict[Route, asyncio.Semaphore] = {}
         self._locks = KeyedLocks()
+        self._slots = asyncio.Semaphore(SLOTS_PER_WINDOW * config.mqtt.receive_maximum)
         self._inbox = Inbox(store=store, owner=self._owner)
+        self._audit = AuditWriter(store=store)
+        # A few lanes of grouped handler transactions; the rest of the pool stays for everything else.
+        self._groups = TransactionGroups(store=store, lanes=max(1, min(4, config.database.pool_max // 3)))
         self.connection = MqttConnection(
             settings=config.mqtt,
             client_id=self._owner,
@@ -82,9 +95,9 @@ class Spine:
         self._accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
         self._maintenance: asyncio.Task[None] | None = None
-        self._resume_lock = asyncio.Lock()
-        self._in_progress: set[int] = set()
+        self._recovered: list[InboxRow] = []
         self._bounce_pending = False
+        self._receiving = 0
         self._connect_listeners: list[Callable[[bool], Any]] = []
 
     # --- registration --------------------------------------------------------------------------------
@@ -94,11 +107,15 @@ class Spine:
         self._routes.add(route)
         self._semaphores[route] = asyncio.Semaphore(route.concurrency)
         if self.connection.connected:
-            self.connection.subscribe([(route.subscription_filter(self._config.mqtt.shared_group), route.qos)])
+            self._spawn(self._subscribe([route]), f"kitt[spine].subscribe:{route.name}")
 
         def undo() -> None:
             self._routes.remove(route)
             self._semaphores.pop(route, None)
+            sub = route.subscription_filter(self._group)
+            if self.connection.connected and all(r.subscription_filter(self._group) != sub
+                                                 for r in self._routes.routes()):
+                self._spawn(self.connection.unsubscribe([sub]), f"kitt[spine].unsubscribe:{route.name}")
 
         return undo
 
@@ -115,11 +132,26 @@ class Spine:
     @property
     def status(self) -> dict[str, Any]:
         return {"connected": self.connection.connected, "subscribed": self._subscribed.is_set(),
-                "routes": len(self._routes.routes()), "in_flight": len(self._tasks)}
+                "client_id": self._owner, "shared_group": self._group or None,
+                "routes": len(self._routes.routes()),
+                "filters": sorted({r.subscription_filter(self._group) for r in self._routes.routes()}),
+                "in_flight": len(self._tasks), "inbox_working": len(self._inbox.working),
+                "outbox_in_flight": self.relay.in_flight,
+                "outbound_window": {"used": self.connection.window.in_flight,
+                                    "capacity": self.connection.window.capacity}}
 
     async def start(self) -> None:
         await self._inbox.start()
+        await self._audit.start()
         await self.relay.start()
+        # Take back what our previous process left half-done, before the broker can redeliver any of it:
+        # a redelivery then finds the row already being worked on and is acknowledged as a duplicate.
+        try:
+            self._recovered = await self._inbox.claim_own()
+        except StoreError as exc:
+            log.error("cannot read the inbox at start; maintenance will retry", error=str(exc))
+        if self._recovered:
+            log.info("resuming inbox rows left by the previous run", count=len(self._recovered))
         await self.connection.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="kitt[spine].maintenance")
 
@@ -128,7 +160,11 @@ class Spine:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
     async def stop(self, drain_timeout_s: float | None = None) -> None:
-        """Stop taking messages, finish in-flight work within the bound, flush the outbox, disconnect."""
+        """Stop handling, finish in-flight work within the bound, flush the outbox, disconnect.
+
+        Messages that arrive meanwhile are still committed to the inbox and acknowledged, but not handled:
+        the next start (or another instance) handles them. Nothing acknowledged is dropped.
+        """
         bound = self._config.hub.drain_timeout_s if drain_timeout_s is None else drain_timeout_s
         self._accepting = False
         deadline = time.monotonic() + bound
@@ -139,29 +175,49 @@ class Spine:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
-        if self.connection.connected:
-            await self.relay.drain(max(0.5, deadline - time.monotonic()))
+        if self.connection.connected and not await self.relay.drain(max(0.5, deadline - time.monotonic())):
+            log.warning("shutdown: outbox not drained; the next start sends the rest")
         if self._maintenance is not None:
             self._maintenance.cancel()
             await asyncio.gather(self._maintenance, return_exceptions=True)
+        await self._groups.close()
         await self.relay.stop()
         await self.connection.stop()
+        # Messages between receive and inbox commit finish (or fail) before the writer goes away.
+        end = time.monotonic() + 5
+        while self._receiving and time.monotonic() < end:
+            await asyncio.sleep(0.01)
         await self._inbox.stop()
+        await self._audit.stop()
         self._subscribed.clear()
+
+    async def _subscribe(self, routes: list[Route]) -> None:
+        filters = sorted({(r.subscription_filter(self._group), r.qos) for r in routes})
+        try:
+            await self.connection.subscribe(filters)
+        except (SpineError, TimeoutError) as exc:
+            # Readiness stays false while the desired subscriptions are not in place; the next connect retries.
+            log.error("subscribe failed", filters=[f for f, _ in filters], error=str(exc) or "timeout")
+            raise
 
     async def _on_connected(self, session_present: bool) -> None:
         self._metrics.mqtt_connected.set(1)
-        if self._first_connect or not session_present:
-            filters = sorted({(r.subscription_filter(self._config.mqtt.shared_group), r.qos)
-                              for r in self._routes.routes()})
-            if filters:
-                self.connection.subscribe(list(filters))
+        # The broker kept our subscriptions only with the session; the first connect of a process subscribes
+        # anyway, because the routes may have changed since the session was made.
+        if self._first_connect or not session_present or not self._subscribed.is_set():
+            try:
+                await self._subscribe(self._routes.routes())
+            except (SpineError, TimeoutError):
+                return
         if not self._first_connect:
             self._metrics.mqtt_reconnects.inc()
-        self._first_connect = False
+        first, self._first_connect = self._first_connect, False
         self._subscribed.set()
         self.relay.notify()
-        self._spawn(self._resume(), "kitt[spine].resume")
+        if first and self._recovered:
+            rows, self._recovered = self._recovered, []
+            for row in rows:
+                self._spawn(self._process_row(row), "kitt[spine].resume-row")
         for listener in self._connect_listeners:
             result = listener(session_present)
             if asyncio.iscoroutine(result):
@@ -173,75 +229,119 @@ class Spine:
     # --- inbound -------------------------------------------------------------------------------------
 
     async def _on_message(self, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> int:
-        """Return a reason code (0) only once the message is safe: gmqtt acknowledges after we return."""
-        if not self._accepting:
-            # Shutting down: never acknowledge, so the broker keeps it for the next session.
-            await asyncio.Event().wait()
+        """Return a reason code (0) only once the message is safe: gmqtt acknowledges after we return.
+
+        Raising instead means "not acknowledged": the broker keeps the message for the next connection.
+        """
         routes = self._routes.lookup(topic)
-        retain = bool(properties.get("retain"))
         if not routes:
             return 0
-        accepted: list[tuple[Route, Inbound]] = []
+        if qos == 0 and self._slots.locked():
+            # QoS 0 has no flow control and may be dropped by definition: shed it rather than queue it.
+            self._metrics.messages_rejected.labels(reason="overloaded").inc()
+            return 0
+        self._receiving += 1
+        await self._slots.acquire()
+        handed_over = False
+        try:
+            accepted = await self._accept(routes, topic, payload, qos, properties)
+            if accepted:
+                self._spawn(self._process(accepted), f"kitt[spine].handle:{accepted[0][0].name}")
+                handed_over = True
+            return 0
+        finally:
+            self._receiving -= 1
+            if not handed_over:
+                self._slots.release()
+
+    async def _accept(self, routes: tuple[Route, ...], topic: str, payload: bytes, qos: int,
+                      properties: dict[str, Any]) -> list[tuple[Route, Inbound]]:
+        """Validate for each route and commit the durable ones; return what is to be handled."""
+        retain = bool(properties.get("retain"))
+        redelivered = bool(properties.get("dup"))
+        valid: list[tuple[Route, Inbound]] = []
         for route in routes:
             self._metrics.messages_received.labels(topic_class=route.name).inc()
+            inbound = Inbound(topic=topic, payload=payload, qos=qos, retain=retain, properties=properties,
+                              redelivered=redelivered)
             if retain and not route.accept_retained:
                 # A retained message that looks like a command is never executed.
-                self._metrics.messages_rejected.labels(reason="retained_command").inc()
+                await self.reject(route, inbound, InputRejected("retained_command", "retained message ignored"))
                 continue
-            inbound = Inbound(topic=topic, payload=payload, qos=qos, retain=retain, properties=properties,
-                              redelivered=bool(properties.get("dup")))
             try:
                 inbound.data = parse_payload(route, payload)
             except InputRejected as exc:
                 await self.reject(route, inbound, exc)
                 continue
-            accepted.append((route, inbound))
-        if not accepted:
-            return 0
-        durable = qos > 0 and any(r.durable for r, _ in accepted)
-        inbox_id: int | None = None
-        if durable:
-            key = self._dedupe_key(topic, payload, properties, accepted)
-            try:
-                inbox_id = await self._inbox.add(dedupe_key=key, topic=topic, payload=payload,
-                                                 properties=properties, qos=qos)
-            except StoreError as exc:
-                # Not committed: do not acknowledge. Reconnecting makes the broker send it again.
-                log.error("inbox write failed; message left with the broker", topic=topic, error=str(exc))
-                self._schedule_bounce()
-                raise
-            if inbox_id is None:
-                for route, _ in accepted:
-                    self._metrics.messages_duplicate.labels(topic_class=route.name).inc()
-                return 0
-            for _, inbound in accepted:
-                inbound.inbox_id = inbox_id
-                inbound.dedupe_key = key
-            self._in_progress.add(inbox_id)
-        self._spawn(self._process(accepted, inbox_id), f"kitt[spine].handle:{accepted[0][0].name}")
-        return 0
-
-    def _dedupe_key(self, topic: str, payload: bytes, properties: dict[str, Any],
-                    accepted: list[tuple[Route, Inbound]]) -> str:
-        for route, inbound in accepted:
-            if route.dedupe_key is not None and (key := route.dedupe_key(inbound)):
-                return f"{topic}|{key}"
-        if app_id := _message_id(payload, properties):
-            return f"{topic}|{app_id}"
-        # No application id: a redelivery cannot be told from a new message; never merge two messages.
-        return f"{topic}|~{uuid.uuid4().hex}"
-
-    async def _process(self, accepted: list[tuple[Route, Inbound]], inbox_id: int | None) -> None:
+            valid.append((route, inbound))
+        durable = [(r, i) for r, i in valid if qos > 0 and r.durable]
+        if not durable:
+            return valid
+        keys = [self._dedupe_key(route, inbound) for route, inbound in durable]
         try:
-            for route, inbound in accepted:
-                await self._run_handler(route, inbound)
-            if inbox_id is not None and not any(i.finished for _, i in accepted):
-                await self._inbox.finish(inbox_id)
+            added = await asyncio.gather(*(
+                self._inbox.add(dedupe_key=key, topic=topic, payload=payload, properties=properties, qos=qos)
+                for key in keys))
         except StoreError as exc:
-            log.error("could not finish inbox row; it will be resumed", inbox_id=inbox_id, error=str(exc))
+            # Not committed: do not acknowledge. Reconnecting makes the broker send it again.
+            log.error("inbox write failed; message left with the broker", topic=topic, error=str(exc))
+            self._schedule_bounce()
+            raise
+        accepted = [(r, i) for r, i in valid if not (qos > 0 and r.durable)]
+        for (route, inbound), key, result in zip(durable, keys, added, strict=True):
+            row_id = result.row_id if result.row_id is not None else (
+                result.takeover.id if result.takeover is not None else None)
+            if row_id is None:
+                self._metrics.messages_duplicate.labels(topic_class=route.name).inc()
+                continue
+            inbound.inbox_id = row_id
+            inbound.dedupe_key = key
+            accepted.append((route, inbound))
+        return accepted
+
+    def _dedupe_key(self, route: Route, inbound: Inbound) -> str:
+        """``<route>|<topic>|<application id>``: one inbox row per route, so two routes on a topic both act."""
+        app_id = route.dedupe_key(inbound) if route.dedupe_key is not None else None
+        if not app_id:
+            app_id = message_id(inbound.payload, inbound.properties)
+        if not app_id:
+            # No application id: a redelivery cannot be told from a new message; never merge two messages.
+            app_id = f"~{uuid.uuid4().hex}"
+        return f"{route.name}|{inbound.topic}|{app_id}"
+
+    async def _process(self, accepted: list[tuple[Route, Inbound]]) -> None:
+        try:
+            if len(accepted) == 1:
+                await self._handle_one(*accepted[0])
+            else:
+                await asyncio.gather(*(self._handle_one(r, i) for r, i in accepted))
         finally:
-            if inbox_id is not None:
-                self._in_progress.discard(inbox_id)
+            self._slots.release()
+
+    async def _handle_one(self, route: Route, inbound: Inbound) -> None:
+        if not self._accepting:
+            # Stopping: the row stays pending (committed, acknowledged) for the next start.
+            if inbound.inbox_id is not None:
+                self._inbox.release(inbound.inbox_id)
+            return
+        try:
+            for attempt in range(1, GROUP_ATTEMPTS + 1):
+                try:
+                    await self._run_handler(route, inbound)
+                    break
+                except GroupAborted:
+                    # Nothing of ours was committed and the row is still pending: running again is safe.
+                    if attempt == GROUP_ATTEMPTS:
+                        raise
+            if inbound.inbox_id is not None and not inbound.finished:
+                await self._inbox.finish(inbound.inbox_id)
+                inbound.finished = True
+        except StoreError as exc:
+            log.error("could not finish an inbox row; it will be retried", inbox_id=inbound.inbox_id,
+                      handler=route.name, error=str(exc))
+        finally:
+            if inbound.inbox_id is not None:
+                self._inbox.release(inbound.inbox_id)
 
     async def _run_handler(self, route: Route, inbound: Inbound) -> None:
         sem = self._semaphores.get(route)
@@ -249,44 +349,54 @@ class Spine:
             return
         key = route.ordering_key(inbound) if route.ordering_key is not None else None
         started = time.perf_counter()
-        async with sem:
-            try:
-                if key is not None:
-                    async with await self._locks(f"{route.name}|{key}"):
-                        await route.handler(inbound)
-                else:
-                    await route.handler(inbound)
-            except AlreadyHandled:
-                inbound.finished = True
-            except InputRejected as exc:
-                await self.reject(route, inbound, exc)
-            except asyncio.CancelledError:
-                raise
-            except StoreError:
-                raise
-            except Exception as exc:
-                # A handler bug never stops the spine; it is counted, logged and audited.
-                self._metrics.handler_errors.labels(handler=route.name).inc()
-                log.exception("handler failed", handler=route.name, topic=inbound.topic)
-                if inbound.inbox_id is not None and not inbound.finished:
-                    await self._inbox.finish(inbound.inbox_id, state="failed",
-                                             error=f"{type(exc).__name__}: {exc}"[:MAX_ERROR_DETAIL])
-                    inbound.finished = True
+        if key is None:
+            async with sem:
+                await self._call(route, inbound)
+        else:
+            # The key lock first, then the route's limit: same-key messages queue in arrival order without
+            # holding a concurrency slot while they wait.
+            async with await self._locks(f"{route.name}|{key}"), sem:
+                await self._call(route, inbound)
         self._metrics.request_latency.labels(route=route.name).observe(time.perf_counter() - started)
+
+    async def _call(self, route: Route, inbound: Inbound) -> None:
+        try:
+            await route.handler(inbound)
+        except AlreadyHandled:
+            inbound.finished = True
+        except InputRejected as exc:
+            await self.reject(route, inbound, exc)
+        except (asyncio.CancelledError, StoreError):
+            raise
+        except Exception as exc:
+            # A handler bug never stops the spine; it is counted, logged and audited.
+            self._metrics.handler_errors.labels(handler=route.name).inc()
+            log.exception("handler failed", handler=route.name, topic=inbound.topic)
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_DETAIL]
+            if inbound.inbox_id is not None and not inbound.finished:
+                await self._inbox.finish(inbound.inbox_id, state="failed", error=error)
+                inbound.finished = True
+            try:
+                await self._audit.record("handler.failed", actor=route.name, subject=inbound.topic,
+                                         correlation_id=message_id(inbound.payload, inbound.properties),
+                                         body={"error": error})
+            except StoreError as store_exc:
+                log.error("could not audit a handler failure", error=str(store_exc))
 
     async def reject(self, route: Route, inbound: Inbound, exc: InputRejected) -> None:
         """Tell the sender what was wrong (error topic), count it, audit it; lose nothing else."""
         self._metrics.messages_rejected.labels(reason=exc.reason).inc()
-        msg_id = _message_id(inbound.payload, inbound.properties)
+        msg_id = message_id(inbound.payload, inbound.properties)
         body = {"topic": inbound.topic, "error": f"{exc.reason}: {exc.detail}"[:MAX_ERROR_DETAIL], "id": msg_id}
         if route.report_errors and self.connection.connected:
             try:
-                self.connection.publish_nowait(self.topics.error, json.dumps(body).encode(), qos=1)
+                # Waits for room in the outbound window: a flood of bad input slows down, it does not pile up.
+                await self.connection.send(self.topics.error, json.dumps(body).encode(), qos=1)
             except SpineError as pub_exc:
                 log.warning("could not publish rejection", error=str(pub_exc))
         try:
-            await self._store.record_event("input.rejected", actor=route.name, subject=inbound.topic,
-                                           correlation_id=msg_id, body=body)
+            await self._audit.record("input.rejected", actor=route.name, subject=inbound.topic,
+                                     correlation_id=msg_id, body={**body, "reason": exc.reason})
         except StoreError as store_exc:
             log.error("could not audit a rejection", error=str(store_exc))
         if inbound.inbox_id is not None and not inbound.finished:
@@ -297,21 +407,52 @@ class Spine:
 
     @asynccontextmanager
     async def handling(self, inbound: Inbound) -> AsyncIterator[asyncpg.Connection]:
-        """A transaction that also marks ``inbound``'s inbox row done: effects and done commit together."""
-        async with self._store.transaction() as conn:
-            if inbound.inbox_id is not None and not inbound.finished \
-                    and not await self._inbox.finish(inbound.inbox_id, conn=conn):
-                raise AlreadyHandled(f"inbox row {inbound.inbox_id} already finished")
-            yield conn
+        """A transaction that also marks ``inbound``'s inbox row done: effects and done commit together.
+
+        The connection is inside a transaction shared with other messages' blocks (``txgroup``), each in its
+        own savepoint: keep the block to database writes. It returns once the group has committed; an error
+        in the block rolls back this block only. Nested ``conn.transaction()`` works (a savepoint).
+        """
+        row = inbound.inbox_id if not inbound.finished else None
+        block: _Block | None = None
+        token: contextvars.Token[_Block | None] | None = None
+        try:
+            async with self._groups.block(row) as conn:
+                block = _Block(conn)
+                token = _current_block.set(block)
+                try:
+                    yield conn
+                finally:
+                    _current_block.reset(token)
+        except Finished as exc:
+            raise AlreadyHandled(str(exc)) from exc
+        except BaseException:
+            if block is not None:
+                self.relay.unreserve(r.id for r in block.rows)
+            raise
         inbound.finished = True
-        self.relay.notify()
+        if block is not None and block.rows:
+            self.relay.submit(block.rows)
 
     async def enqueue(self, conn: asyncpg.Connection, *, topic: str, payload: Any, key: str, qos: int = 2,
                       retain: bool = False, properties: dict[str, Any] | None = None,
                       correlation_id: str | None = None) -> int | None:
-        """An outbox row in the caller's transaction; call ``notify_outbox()`` after the commit."""
-        return await enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
-                             properties=properties, correlation_id=correlation_id)
+        """An outbox row in the caller's transaction; call ``notify_outbox()`` after the commit.
+
+        Inside ``handling()`` the row is reserved for this hub's relay and published from memory right after
+        the commit (no claim query); elsewhere any relay takes it from the table.
+        """
+        block = _current_block.get()
+        mine = block is not None and block.conn is conn
+        row = await enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
+                            properties=properties, correlation_id=correlation_id,
+                            claimed_by=self._owner if mine else None)
+        if row is None:
+            return None
+        if mine and block is not None:
+            self.relay.reserve(row.id)
+            block.rows.append(row)
+        return row.id
 
     def notify_outbox(self) -> None:
         self.relay.notify()
@@ -336,51 +477,44 @@ class Spine:
 
     async def publish(self, topic: str, payload: Any, *, qos: int = 1, retain: bool = False,
                       wait: bool = False, **properties: Any) -> None:
-        """Direct publish (not durable): for protocol chatter where a lost message is re-sent by design."""
-        if isinstance(payload, dict | list):
-            payload = json.dumps(payload, separators=(",", ":"))
-        if isinstance(payload, str):
-            payload = payload.encode()
-        fut = self.connection.publish_nowait(topic, payload, qos=qos, retain=retain, **properties)
+        """Direct publish (not durable): for protocol chatter where a lost message is re-sent by design.
+
+        Waits for room in the outbound window (never fails because of a burst); ``wait=True`` also waits for
+        the broker's PUBACK/PUBCOMP.
+        """
+        fut = await self.connection.send(topic, encode_payload(payload), qos=qos, retain=retain, **properties)
         self._metrics.mqtt_published.labels(topic_class="direct").inc()
         if wait and fut is not None:
             await asyncio.wait_for(fut, 10)
 
     # --- recovery and upkeep -------------------------------------------------------------------------
 
-    async def _resume(self) -> None:
-        """Handle inbox rows that a crash (ours or another hub's, once its claim expired) left pending."""
-        async with self._resume_lock:
-            while True:
-                try:
-                    rows = await self._inbox.claim_pending()
-                except StoreError as exc:
-                    log.error("resume: cannot read the inbox", error=str(exc))
-                    return
-                rows = [r for r in rows if r.id not in self._in_progress]
-                if not rows:
-                    return
-                log.info("resuming pending inbox rows", count=len(rows))
-                batch = [self._spawn(self._process_row(row), "kitt[spine].resume-row") for row in rows]
-                await asyncio.gather(*batch, return_exceptions=True)
-
     async def _process_row(self, row: InboxRow) -> None:
-        accepted: list[tuple[Route, Inbound]] = []
-        for route in self._routes.lookup(row.topic):
-            inbound = Inbound(topic=row.topic, payload=row.payload, qos=row.qos, retain=False,
-                              properties=row.properties, inbox_id=row.id, dedupe_key=row.dedupe_key,
-                              redelivered=True)
+        """Handle a pending inbox row taken back after a crash (its message was acknowledged already)."""
+        route_name = row.dedupe_key.split("|", 1)[0]
+        route = next((r for r in self._routes.lookup(row.topic) if r.name == route_name), None)
+        if route is None:
+            self._inbox.release(row.id)
             try:
-                inbound.data = parse_payload(route, row.payload)
-            except InputRejected as exc:
-                await self.reject(route, inbound, exc)
-                continue
-            accepted.append((route, inbound))
-        if not accepted:
-            await self._inbox.finish(row.id, state="rejected", error="no route accepts it any more")
+                await self._inbox.finish(row.id, state="failed", error=f"no route {route_name!r} for it any more")
+            except StoreError as exc:
+                log.error("could not fail an orphan inbox row", inbox_id=row.id, error=str(exc))
             return
-        self._in_progress.add(row.id)
-        await self._process(accepted, row.id)
+        inbound = Inbound(topic=row.topic, payload=row.payload, qos=row.qos, retain=False,
+                          properties=row.properties, inbox_id=row.id, dedupe_key=row.dedupe_key, redelivered=True)
+        try:
+            inbound.data = parse_payload(route, row.payload)
+        except InputRejected as exc:
+            try:
+                await self.reject(route, inbound, exc)
+            finally:
+                self._inbox.release(row.id)
+            return
+        await self._slots.acquire()
+        try:
+            await self._handle_one(route, inbound)
+        finally:
+            self._slots.release()
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
@@ -413,7 +547,9 @@ class Spine:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
-                await self._resume()
+                if self._accepting and self.ready:
+                    for row in await self._inbox.claim_stale(min_age_s=RETRY_AFTER_S):
+                        self._spawn(self._process_row(row), "kitt[spine].resume-row")
                 pruned_in = await self._inbox.prune(retention)
                 pruned_out = await self.relay.prune(retention)
                 if pruned_in or pruned_out:

@@ -20,6 +20,11 @@ from hub.store.migrate import migrate
 
 log = structlog.get_logger("kitt.store")
 
+# What a driver call can raise when the database is away or refuses: wrapped into StoreError at this boundary.
+# InternalClientError shows up while PostgreSQL restarts ("cannot switch to state …").
+DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+             asyncpg.exceptions.InternalClientError)
+
 _EVENT_SQL = """INSERT INTO events (actor, kind, subject, correlation_id, body)
                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id"""  # $1 actor, $2 kind, $3 subject, $4 corr, $5 body
 
@@ -109,19 +114,19 @@ class Store:
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         try:
             return await self.pool.fetch(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         try:
             return await self.pool.fetchrow(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         try:
             return await self.pool.fetchval(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DB_ERRORS as exc:
             raise StoreError(str(exc)) from exc
 
     # --- writes --------------------------------------------------------------------------------------
@@ -135,20 +140,20 @@ class Store:
         """Execute one statement in its own transaction; raises ``StoreWriteError`` if it did not commit."""
         try:
             return await self.pool.execute(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
     async def write_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
         try:
             return await self.pool.fetchrow(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
     async def write_fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """A write that returns rows (``… RETURNING``)."""
         try:
             return await self.pool.fetch(query, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
     @asynccontextmanager
@@ -160,7 +165,7 @@ class Store:
         try:
             async with self.pool.acquire() as conn, conn.transaction(isolation=isolation):
                 yield conn
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
     # --- audit trail ---------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ def check_id(point_id: PointId) -> PointId:
     raise VectorStoreError(f"point id must be an unsigned int or a UUID string, got {point_id!r}")
 
 
+def hit_id(raw: object) -> PointId:
+    """Drivers hand back ``uuid.UUID`` objects; callers compare with the strings they stored."""
+    return raw if isinstance(raw, int) else str(raw)
+
+
 def as_list(vector: np.ndarray | Sequence[float]) -> list[float]:
     return np.asarray(vector, dtype=np.float32).tolist()
 
@@ -141,16 +146,26 @@ class UpsertBuffer:
         async with self._lock:
             batches, self._pending = self._pending, {}
             self._full.clear()
+            failure: tuple[str, BaseException] | None = None
             for collection, points in batches.items():
-                try:
-                    for i in range(0, len(points), max(self._max_points, 1)):
-                        await self._write(collection, points[i : i + self._max_points])
-                        del points[: 0]  # slices above are written; keep the rest on failure
-                except Exception as exc:
-                    self.last_error = exc
-                    written = i  # noqa: F821 - bound when the first write ran
-                    self._pending.setdefault(collection, [])[:0] = points[written:]
-                    raise VectorStoreError(f"{self._name}: upsert to {collection!r} failed: {exc}") from exc
+                written = 0
+                if failure is None:
+                    try:
+                        while written < len(points):
+                            chunk = points[written : written + self._max_points]
+                            await self._write(collection, chunk)
+                            written += len(chunk)
+                    except Exception as exc:
+                        failure = (collection, exc)
+                # unwritten points go back in front of anything added meanwhile
+                self._pending.setdefault(collection, [])[:0] = points[written:]
+                if not self._pending[collection]:
+                    del self._pending[collection]
+            if failure is not None:
+                self.last_error = failure[1]
+                raise VectorStoreError(
+                    f"{self._name}: upsert to {failure[0]!r} failed: {failure[1]}"
+                ) from failure[1]
             self.last_error = None
 
     async def _loop(self) -> None:

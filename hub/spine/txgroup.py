@@ -1,0 +1,202 @@
+"""Group commit for handler transactions: many ``Spine.handling()`` blocks share one database transaction.
+
+One transaction per message costs BEGIN, COMMIT and the pool's reset query on top of the handler's own
+statements, and one WAL flush each. Under load the spine instead runs blocks one after another on a *lane*
+(a connection it keeps, with an open transaction):
+
+    BEGIN
+    UPDATE inbox SET state = 'done' … WHERE id = 17 AND state = 'pending'   -- block 1 opens
+    …block 1's own statements (outbox row, audit event)…
+    UPDATE inbox SET state = 'done' … WHERE id = 18 AND state = 'pending'   -- block 2 opens
+    …
+    COMMIT                                   -- when no block waits for the lane, or the group is full
+
+Each message's effects and its ``done`` mark are in one transaction (the group's), so they commit or roll
+back together. A block's ``handling()`` returns only after the COMMIT, so nothing is published or
+acknowledged before it is durable. Blocks have no savepoint of their own (that would double the statements
+per message): when a block raises, the whole group rolls back, and every other block of it gets
+``GroupAborted``; the spine runs those handlers again (their rows are still pending, so that is safe).
+A nested ``conn.transaction()`` inside a block is a savepoint and works as usual.
+
+Keep blocks short: compute before ``handling()``, write inside it. A block that waits on the network holds
+its lane (the other lanes go on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+
+from hub.errors import KittError, StoreWriteError
+from hub.store import Store
+
+log = structlog.get_logger("kitt.spine.txgroup")
+
+MAX_BLOCKS = 64
+_DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+_FINISH_SQL = """UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
+                 WHERE id = $1 AND state = 'pending' RETURNING id"""  # $1 inbox id
+
+
+class Finished(KittError):
+    """The inbox row was already finished: the block must not run (its message was handled before)."""
+
+
+class GroupAborted(StoreWriteError):
+    """Another block of the same group failed (or the commit did): nothing of this block was committed."""
+
+
+class _Lane:
+    """One connection with an open transaction, serving blocks one at a time."""
+
+    def __init__(self, store: Store, name: str) -> None:
+        self._store = store
+        self.name = name
+        self.lock = asyncio.Lock()
+        self.waiting = 0
+        self._conn: Any = None
+        self._tx: asyncpg.transaction.Transaction | None = None
+        self._blocks: list[asyncio.Future[None]] = []
+
+    async def open_block(self, inbox_id: int | None) -> asyncpg.Connection:
+        if self._conn is None:
+            # Kept across groups: no pool round trip (and no reset query) per transaction.
+            self._conn = await self._store.pool.acquire()
+        if self._tx is None:
+            self._tx = self._conn.transaction()
+            await self._tx.start()
+        if inbox_id is not None and await self._conn.fetchval(_FINISH_SQL, inbox_id) is None:
+            raise Finished(f"inbox row {inbox_id} already finished")
+        return self._conn
+
+    def block_done(self) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._blocks.append(fut)
+        return fut
+
+    @property
+    def full(self) -> bool:
+        return len(self._blocks) >= MAX_BLOCKS
+
+    async def commit(self) -> None:
+        """COMMIT the group (roll back when it has no block to keep)."""
+        blocks, self._blocks = self._blocks, []
+        tx, self._tx = self._tx, None
+        if tx is None:
+            return
+        try:
+            if blocks:
+                await tx.commit()
+            else:
+                await tx.rollback()
+        except _DRIVER_ERRORS as exc:
+            log.error("group commit failed; its messages stay pending and are retried", lane=self.name,
+                      blocks=len(blocks), error=str(exc))
+            await self._drop_connection()
+            self._fail(blocks, f"group commit failed: {exc}")
+            return
+        for fut in blocks:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def abort(self, reason: str) -> None:
+        """Roll the group back: every block of it fails with ``GroupAborted``."""
+        blocks, self._blocks = self._blocks, []
+        tx, self._tx = self._tx, None
+        if tx is not None:
+            try:
+                await tx.rollback()
+            except _DRIVER_ERRORS as exc:
+                log.warning("rollback failed; dropping the lane's connection", lane=self.name, error=str(exc))
+                await self._drop_connection()
+        self._fail(blocks, reason)
+
+    @staticmethod
+    def _fail(blocks: list[asyncio.Future[None]], reason: str) -> None:
+        for fut in blocks:
+            if not fut.done():
+                fut.set_exception(GroupAborted(reason))
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self._tx = None
+        if conn is None:
+            return
+        try:
+            # Terminated, not reused: its protocol state is unknown.
+            conn.terminate()
+            await self._store.pool.release(conn)
+        except _DRIVER_ERRORS as exc:
+            log.warning("could not return a lane connection to the pool", lane=self.name, error=str(exc))
+
+    async def close(self) -> None:
+        await self.commit()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await self._store.pool.release(conn)
+            except _DRIVER_ERRORS as exc:
+                log.warning("could not return a lane connection to the pool", lane=self.name, error=str(exc))
+
+
+class TransactionGroups:
+    """``async with groups.block(inbox_id) as conn``: a place in a shared transaction, on the freest lane."""
+
+    def __init__(self, *, store: Store, lanes: int = 4) -> None:
+        self._store = store
+        self._lanes = [_Lane(store, f"lane{i}") for i in range(max(1, lanes))]
+        self._rr = itertools.cycle(range(len(self._lanes)))
+
+    def _pick(self) -> _Lane:
+        # A free lane if there is one (rotating, so all lanes warm up), else the one with the shortest queue.
+        start = next(self._rr)
+        ordered = self._lanes[start:] + self._lanes[:start]
+        for lane in ordered:
+            if not lane.lock.locked():
+                return lane
+        return min(ordered, key=lambda lane: lane.waiting)
+
+    @asynccontextmanager
+    async def block(self, inbox_id: int | None) -> AsyncIterator[asyncpg.Connection]:
+        lane = self._pick()
+        lane.waiting += 1
+        try:
+            await lane.lock.acquire()
+        finally:
+            lane.waiting -= 1
+        done: asyncio.Future[None] | None = None
+        try:
+            try:
+                conn = await lane.open_block(inbox_id)
+            except Finished:
+                raise
+            except _DRIVER_ERRORS as exc:
+                await lane.abort(f"lane failed: {exc}")
+                raise StoreWriteError(str(exc) or type(exc).__name__) from exc
+            try:
+                yield conn
+            except BaseException as exc:
+                # Without a savepoint per block, this block's statements go only with the whole group.
+                await lane.abort(f"another message of the group failed: {type(exc).__name__}")
+                raise
+            done = lane.block_done()
+        finally:
+            # The group ends when nobody waits for this lane (or it is full): whoever leaves last commits.
+            try:
+                if lane.waiting == 0 or lane.full:
+                    await lane.commit()
+            finally:
+                lane.lock.release()
+        await done
+
+    async def close(self) -> None:
+        for lane in self._lanes:
+            async with lane.lock:
+                await lane.close()
