@@ -77,8 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    status = api_call(config, "GET", "/api/v1/status")
+    status = _api(args, "GET", "/api/v1/status")
     if args.json:
         print_json(status)
         return 0
@@ -98,6 +97,11 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the running hub's API with the token of the config named on the command line."""
+    return api_call(load_or_exit(args.config), method, path, body)
+
+
 def _one_line(value: Any) -> str:
     if isinstance(value, dict):
         return " ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list))
@@ -105,8 +109,7 @@ def _one_line(value: Any) -> str:
 
 
 def _confirm_list(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    items = api_call(config, "GET", "/api/v1/confirmations?state=pending")["confirmations"]
+    items = _api(args, "GET", "/api/v1/confirmations?state=pending")["confirmations"]
     if not items:
         print("no pending confirmations")
     for c in items:
@@ -116,24 +119,21 @@ def _confirm_list(args: argparse.Namespace) -> int:
 
 
 def _confirm_approve(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
     pin = getpass.getpass("PIN: ") if args.pin == "-" else args.pin
     body = {"pin": pin} if pin else {}
-    result = api_call(config, "POST", f"/api/v1/confirmations/{urllib.parse.quote(args.id)}/approve", body)
+    result = _api(args, "POST", f"/api/v1/confirmations/{urllib.parse.quote(args.id)}/approve", body)
     print(f"{args.id}: {result.get('state', result)}")
     return 0
 
 
 def _confirm_cancel(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    result = api_call(config, "POST", f"/api/v1/confirmations/{urllib.parse.quote(args.id)}/cancel", {})
+    result = _api(args, "POST", f"/api/v1/confirmations/{urllib.parse.quote(args.id)}/cancel", {})
     print(f"{args.id}: {result.get('state', result)}")
     return 0
 
 
 def _jobs_list(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    jobs = api_call(config, "GET", "/api/v1/jobs")["jobs"]
+    jobs = _api(args, "GET", "/api/v1/jobs")["jobs"]
     for job in jobs:
         print(f"{job.get('name', ''):<28} {job.get('expr', ''):<14} next={job.get('next_run_at')} "
               f"last={job.get('last_status')} enabled={job.get('enabled')}")
@@ -141,16 +141,14 @@ def _jobs_list(args: argparse.Namespace) -> int:
 
 
 def _jobs_run(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    result = api_call(config, "POST", f"/api/v1/jobs/{urllib.parse.quote(args.name)}/run", {})
+    result = _api(args, "POST", f"/api/v1/jobs/{urllib.parse.quote(args.name)}/run", {})
     print(f"queued run {result.get('run_id', result)}")
     return 0
 
 
 def _jobs_history(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
     query = urllib.parse.urlencode({k: v for k, v in {"name": args.name, "limit": args.limit}.items() if v})
-    runs = api_call(config, "GET", f"/api/v1/jobs/history?{query}")["runs"]
+    runs = _api(args, "GET", f"/api/v1/jobs/history?{query}")["runs"]
     for run in runs:
         print(f"{run.get('id')}  {run.get('job') or run.get('name')}  {run.get('status'):<10} "
               f"attempts={run.get('attempts')} {run.get('duration_ms') or ''}  {run.get('last_error') or ''}")
@@ -158,20 +156,17 @@ def _jobs_history(args: argparse.Namespace) -> int:
 
 
 def _goals_list(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    print_json(api_call(config, "GET", "/api/v1/goals")["goals"])
+    print_json(_api(args, "GET", "/api/v1/goals")["goals"])
     return 0
 
 
 def _goals_add(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    print_json(api_call(config, "POST", "/api/v1/goals", {"title": args.title, "description": args.description}))
+    print_json(_api(args, "POST", "/api/v1/goals", {"title": args.title, "description": args.description}))
     return 0
 
 
 def _cache_stats(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
-    stats = api_call(config, "GET", "/api/v1/cache/stats")
+    stats = _api(args, "GET", "/api/v1/cache/stats")
     ratio = stats.get("hit_ratio")
     print(f"entries={stats.get('entries')} hits={stats.get('hits')} misses={stats.get('misses')} "
           f"hit_ratio={'n/a' if ratio is None else f'{ratio:.1%}'} evictions={stats.get('evictions')}")
@@ -179,9 +174,8 @@ def _cache_stats(args: argparse.Namespace) -> int:
 
 
 def _cache_invalidate(args: argparse.Namespace) -> int:
-    config = load_or_exit(args.config)
     body: dict[str, Any] = {"all": True} if args.all else ({"key": args.key} if args.key else {"tag": args.tag})
-    result = api_call(config, "POST", "/api/v1/cache/invalidate", body)
+    result = _api(args, "POST", "/api/v1/cache/invalidate", body)
     print(f"invalidated {result.get('removed', result)}")
     return 0
 
