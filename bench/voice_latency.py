@@ -130,6 +130,7 @@ async def _run_async(quick: bool) -> dict[str, Any]:
 
 def run(quick: bool) -> dict[str, Any]:
     results = asyncio.run(_run_async(quick))
+    results.update(asyncio.run(_run_hermes_async(quick)))  # the Hermes legs (voice issue)
     rows = []
     for leg, by_sites in results.items():
         for key, s in by_sites.items():
@@ -142,3 +143,129 @@ def run(quick: bool) -> dict[str, Any]:
     return {"figures": results, "baseline": {"earlier_system_p99_ms": EARLIER_SYSTEM_P99_MS, "source": "quoted"},
             "ratio": {"worst_p99_vs_baseline": round(worst / EARLIER_SYSTEM_P99_MS, 4)},
             "target": {"p99_ms": TARGET_P99_MS}}
+
+
+# --- Hermes legs (the voice issue) ----------------------------------------------------------------------
+# textCaptured → tts/say and → device command on a listening session, and the hazard leg "yes" → command,
+# through the same kind of hub process with the voice plugin; the wake word and the question are set-up,
+# not timed.
+
+HERMES_SITES = tuple(f"bsite{i}" for i in range(20))
+
+
+class HermesInbox:
+    """Hermes messages the hub sent, by (sessionId, topic), for the bench's satellites."""
+
+    def __init__(self) -> None:
+        self._queues: dict[tuple[str, str], asyncio.Queue[dict[str, Any]]] = {}
+
+    def queue(self, session: str, topic: str) -> asyncio.Queue[dict[str, Any]]:
+        return self._queues.setdefault((session, topic), asyncio.Queue())
+
+    def on_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: dict) -> int:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return 0
+        if isinstance(body, dict) and body.get("sessionId"):
+            self.queue(body["sessionId"], topic).put_nowait(body)
+        return 0
+
+    async def next(self, session: str, topic: str, timeout: float = 30.0) -> dict[str, Any]:
+        return await asyncio.wait_for(self.queue(session, topic).get(), timeout)
+
+
+async def _hermes_dialogue(client: Client, inbox: HermesInbox, waiters: Waiters, site: str, hazard: bool,
+                           out: dict[str, list[float]]) -> None:
+    import time
+
+    def send(topic: str, body: dict[str, Any]) -> None:
+        client.publish(Message(topic, json.dumps(body), qos=1))
+
+    session = f"{site}-{uuid.uuid4().hex[:10]}"
+    send("hermes/hotword/porcupine/detected", {"modelId": "porcupine", "siteId": site, "sessionId": session})
+    await inbox.next(session, "hermes/asr/startListening")
+    text = {"likelihood": 0.9, "seconds": 0.4, "siteId": site, "sessionId": session}
+    if hazard:
+        send("hermes/asr/textCaptured", {**text, "text": "unlock the front door"})
+        question = await inbox.next(session, "hermes/tts/say")
+        send("hermes/tts/sayFinished", {"siteId": site, "sessionId": session, "id": question["id"]})
+        await inbox.next(session, "hermes/asr/startListening")
+        cid = question["id"].removesuffix(":q1")
+        command = waiters.expect(f"confirm:{cid}")
+        started = time.perf_counter()
+        send("hermes/asr/textCaptured", {**text, "text": "yes"})
+        out["hazard_yes_to_command"].append(await asyncio.wait_for(command, 30) - started)
+        say = await inbox.next(session, "hermes/tts/say")
+    else:
+        command = waiters.expect(f"cmd:{session}:")
+        started = time.perf_counter()
+        send("hermes/asr/textCaptured", {**text, "text": TEXTS[0] if len(session) % 2 else TEXTS[1]})
+        say = await inbox.next(session, "hermes/tts/say")
+        out["text_to_say"].append(time.perf_counter() - started)
+        out["text_to_command"].append(await asyncio.wait_for(command, 30) - started)
+    send("hermes/tts/sayFinished", {"siteId": site, "sessionId": session, "id": say["id"]})
+    await inbox.next(session, "hermes/dialogueManager/sessionEnded")
+
+
+async def _hermes_measure(client: Client, inbox: HermesInbox, waiters: Waiters, sites: int, per_site: int,
+                          hazard: bool) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"text_to_say": [], "text_to_command": [], "hazard_yes_to_command": []}
+
+    async def worker(site: str) -> None:
+        for _ in range(per_site):
+            await _hermes_dialogue(client, inbox, waiters, site, hazard, out)
+
+    async with asyncio.TaskGroup() as tg:
+        for site in HERMES_SITES[:sites]:
+            tg.create_task(worker(site), name=f"bench.hermes.{site}")
+    return out
+
+
+async def _run_hermes_async(quick: bool) -> dict[str, Any]:
+    from gmqtt import Subscription
+
+    from devices.simulator import Simulator
+    from hub.config import Config
+    from tests.support.config import make_config_dict
+    from tests.support.db import temporary_database
+    from tests.support.hubproc import HubProcess
+    from tests.support.hubs import isolated_devices
+    from tests.support.mosquitto import Mosquitto
+
+    per_site = {1: 40 if quick else 200, 20: 5 if quick else 20}
+    work = Path(tempfile.mkdtemp(prefix="kitt-bench-hermes-"))
+    results: dict[str, dict[str, Any]] = {}
+    with Mosquitto(workdir=work / "broker") as broker:
+        async with temporary_database("kitt_bench") as dsn:
+            hub_id = f"bench{uuid.uuid4().hex[:6]}"
+            cfg = make_config_dict(
+                dsn=dsn, state_dir=work / "state", mqtt_port=broker.port, hub_id=hub_id,
+                plugins=("handlers.devices", "handlers.understanding", "handlers.confirmations", "handlers.voice"),
+                devices=isolated_devices(hub_id), database={"pool_min": 4, "pool_max": 16},
+                voice={"sites": list(HERMES_SITES)}, homeassistant={"enabled": False})
+            waiters = Waiters()
+            sim = Simulator(Config.model_validate(cfg), on_command=waiters.on_command)
+            await sim.start()
+            with HubProcess(cfg, work, name="hub"):
+                inbox = HermesInbox()
+                client = Client(f"bench-hermes-{hub_id}")
+                client.on_message = inbox.on_message
+                await client.connect("127.0.0.1", broker.port, version=MQTTv50)
+                client.subscribe([Subscription(t, qos=1) for t in (
+                    "hermes/asr/startListening", "hermes/tts/say", "hermes/dialogueManager/sessionEnded")])
+                await asyncio.sleep(0.2)
+                try:
+                    await _hermes_measure(client, inbox, waiters, 1, 5, hazard=False)  # warm-up
+                    await _hermes_measure(client, inbox, waiters, 1, 5, hazard=True)
+                    for sites in CONCURRENCY:
+                        plain = await _hermes_measure(client, inbox, waiters, sites, per_site[sites], hazard=False)
+                        hazard = await _hermes_measure(client, inbox, waiters, sites, per_site[sites], hazard=True)
+                        plain["hazard_yes_to_command"] = hazard["hazard_yes_to_command"]
+                        for name, samples in plain.items():
+                            if samples:
+                                results.setdefault(f"hermes_{name}", {})[f"sites_{sites}"] = summary_ms(samples)
+                finally:
+                    await client.disconnect()
+            await sim.stop()
+    return results

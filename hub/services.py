@@ -82,6 +82,8 @@ async def before_plugins(hub: Hub) -> None:
 
 async def after_spine(hub: Hub) -> None:
     """Services that need the store, the spine and the plugins' services: cache invalidation, jobs."""
+    if hub.services.confirmations is not None:
+        hub.services.confirmations.start_reconciliation()
     devices = hub.services.devices
     if devices is not None:
         def on_change(name: str, state: Any) -> None:

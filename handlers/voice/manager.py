@@ -72,7 +72,7 @@ class SessionRows(Protocol):
 class VoiceDeps:
     """The few collaborators the dialogue manager needs, so it can be driven by fakes in unit tests."""
 
-    publish: Callable[[str, dict[str, Any]], Awaitable[None]]
+    publish: Callable[..., Awaitable[None]]   # (topic, payload, *, wait=False): wait for the PUBACK
     transaction: Callable[[Any], contextlib.AbstractAsyncContextManager[asyncpg.Connection]]
     record_event: Callable[..., Awaitable[Any]]
     sessions: SessionRows
@@ -90,6 +90,9 @@ class DialogueManager:
         self._recent = RecentlyEnded()
         self.timers = Timers()
         self.stats: dict[str, int] = {"refused": 0, "dropped": 0, "sessions": 0}
+        # Steps of restored sessions start here, so inbox dedupe keys (session|step|digest) of this process
+        # never collide with those of an earlier one: an answer repeated after a second restart is new.
+        self._epoch = int(time.time() * 1000)
 
     # --- lookups -------------------------------------------------------------------------------------
 
@@ -117,8 +120,11 @@ class DialogueManager:
 
     # --- publishing ----------------------------------------------------------------------------------
 
-    async def _pub(self, topic: str, payload: dict[str, Any]) -> None:
-        await self._deps.publish(topic, payload)
+    async def _pub(self, topic: str, payload: dict[str, Any], *, wait: bool = False) -> None:
+        if wait:
+            await self._deps.publish(topic, payload, wait=True)
+        else:
+            await self._deps.publish(topic, payload)
 
     async def _say(self, s: Session, text: str, *, say_id: str, after: After, end_reason: str = "nominal") -> None:
         s.advance(Phase.SPEAKING)
@@ -173,15 +179,17 @@ class DialogueManager:
         s.advance(Phase.ENDED)
         if s.confirmation_id and not s.answered:
             await self._settle_unanswered(s, reason)
+        await self._pub(T.STOP_LISTENING, {"siteId": s.site, "sessionId": s.id})
+        # A durable dialogue's row is closed only once the broker has its sessionEnded: a crash in between
+        # ends it again after the restart (a harmless repeat) instead of leaving the satellite waiting.
+        await self._pub(T.SESSION_ENDED, compact(sessionId=s.id, siteId=s.site, customData=s.custom_data,
+                                                 termination={"reason": reason}), wait=s.durable)
         if s.durable:
             try:
                 await self._deps.sessions.close(s.site, s.id, reason)
             except StoreError as exc:
                 # The session still ends for the user; on the next start the row is re-read and ended again.
                 log.error("could not close the voice session row", session_id=s.id, error=str(exc))
-        await self._pub(T.STOP_LISTENING, {"siteId": s.site, "sessionId": s.id})
-        await self._pub(T.SESSION_ENDED, compact(sessionId=s.id, siteId=s.site, customData=s.custom_data,
-                                                 termination={"reason": reason}))
         self._by_id.pop(s.id, None)
         if s.confirmation_id:
             self._by_confirmation.pop(s.confirmation_id, None)
@@ -595,7 +603,8 @@ class DialogueManager:
                 continue
             async with self.locked(row.site) as state:
                 s = Session(id=row.session_id, site=row.site, custom_data=row.custom_data, lang=row.lang,
-                            confirmation_id=row.confirmation_id, durable=True, restored=True, answered=True)
+                            confirmation_id=row.confirmation_id, durable=True, restored=True, answered=True,
+                            step=self._epoch)
                 # Registered before reading the confirmation, so a transition racing this read is not lost.
                 state.active = s
                 self._register(s)

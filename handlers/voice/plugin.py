@@ -116,9 +116,9 @@ class VoicePlugin:
 
     # --- spine glue ----------------------------------------------------------------------------------
 
-    async def _publish(self, topic: str, payload: dict[str, Any]) -> None:
+    async def _publish(self, topic: str, payload: dict[str, Any], *, wait: bool = False) -> None:
         # Hermes chatter: QoS 1, never retained, direct (a lost prompt is re-asked by design).
-        await self._ctx.spine.publish(topic, payload, qos=1, retain=False)
+        await self._ctx.spine.publish(topic, payload, qos=1, retain=False, wait=wait)
 
     @contextlib.asynccontextmanager
     async def _transaction(self, inbound: Inbound | None) -> AsyncIterator[asyncpg.Connection]:

@@ -91,6 +91,9 @@ class ConfirmationService:
     async def start(self) -> None:
         await self._listen()
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="kitt[confirmations].sweeper")
+
+    def start_reconciliation(self) -> None:
+        """After a restart, settle ``executing`` rows from device state. Call once the device service runs."""
         self._spawn(self.reconcile_executing(), "kitt[confirmations].reconcile")
 
     async def stop(self) -> None:
@@ -363,7 +366,11 @@ class ConfirmationService:
 
     async def _await_result(self, confirmation: Confirmation, timeout: float) -> None:
         devices = self._devices()
-        reached = await devices.wait_for(confirmation.action, timeout) if devices is not None else False
+        if devices is None:
+            # No device service (its plugin failed): leave the row executing; it is never re-sent either way.
+            log.error("cannot confirm a device state without the device service", confirmation_id=confirmation.id)
+            return
+        reached = await devices.wait_for(confirmation.action, timeout)
         await self._finish(confirmation.id, reached)
 
     async def _finish(self, cid: str, reached: bool) -> None:

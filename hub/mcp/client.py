@@ -2,7 +2,7 @@
 
 Each ``[mcp.servers.NAME]`` (a stdio command or a streamable HTTP URL) gets a ``ServerConnection``: nothing is
 started with the hub; the first use starts a supervisor task that connects, lists the server's tools and then
-holds the session open. A server that dies (its process killed, its pipe closed, a ping unanswered) is
+holds the session open. A server that dies (its process killed, its pipe closed, a heartbeat unanswered) is
 reconnected — for stdio, restarted — with jittered exponential backoff, for as long as the hub runs. A caller
 never waits longer than its timeout, and a dead server only fails the calls that need it.
 
@@ -97,7 +97,6 @@ class McpSession(Protocol):
     async def call_tool(self, name: str, arguments: dict[str, Any] | None = None,
                         read_timeout_seconds: float | None = None) -> Any: ...
 
-    async def send_ping(self) -> Any: ...
 
 
 ClientFactory = Callable[[str, McpServer], Any]  # returns an async context manager yielding an McpSession
@@ -139,14 +138,14 @@ class ServerConnection:
     """
 
     def __init__(self, name: str, settings: McpServer, *, client_factory: ClientFactory = make_client,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, ping_interval_s: float = 30.0,
+                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, heartbeat_s: float = 30.0,
                  on_restart: Callable[[str], None] | None = None) -> None:
         self.name = name
         self.settings = settings
         self._factory = client_factory
         self._backoff_base = backoff_base_s
         self._backoff_cap = backoff_cap_s
-        self._ping_interval = ping_interval_s
+        self._ping_interval = heartbeat_s
         self._on_restart = on_restart
         self._session: McpSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -157,7 +156,7 @@ class ServerConnection:
         self.state: Literal["idle", "connecting", "up", "backoff", "stopped"] = "idle"
         self.last_error: str | None = None
         self.failures = 0      # failed attempts in a row (resets once connected): the backoff step
-        self.failed_total = 0  # every failed or lost connection since the first use
+        self.failed_total = 0  # attempts that never came up, since the first use
         self.connects = 0      # successful connects (the first one and every restart)
 
     @property
@@ -196,8 +195,10 @@ class ServerConnection:
         return f"the tool server {self.name!r} is unavailable: {why}{detail}"
 
     def mark_broken(self, why: str) -> None:
-        """A call found the connection dead: the supervisor reconnects (restarts the process) now."""
+        """A call found the connection dead: no one gets this session again; the supervisor reconnects
+        (restarts the process) now."""
         self.last_error = why
+        self._session = None
         self._broken.set()
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -239,7 +240,9 @@ class ServerConnection:
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # anyio wraps failures in groups; any of them means "reconnect"
-                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                task = asyncio.current_task()
+                # A cancellation can arrive wrapped in an exception group: being cancelled is never a retry.
+                if isinstance(exc, KeyboardInterrupt | SystemExit) or (task is not None and task.cancelling()):
                     raise
                 self.last_error = self.last_error if self._broken.is_set() else _describe(exc)
             finally:
@@ -248,7 +251,10 @@ class ServerConnection:
             if self._stopping:
                 return
             self.failures += 1
-            self.failed_total += 1
+            if self.state != "up":
+                # An attempt that never came up: callers waiting on it get its error. A lost connection is
+                # not one — they wait for the reconnect instead.
+                self.failed_total += 1
             delay = backoff_delay(self.failures, base_s=self._backoff_base, cap_s=self._backoff_cap)
             log.warning("mcp server down; reconnecting", server=self.name, error=self.last_error,
                         retry_in_s=round(delay, 2))
@@ -269,7 +275,11 @@ class ServerConnection:
         return tuple(tools)
 
     async def _watch(self, client: McpSession) -> None:
-        """Return when the connection is known dead: a call said so, or a ping went unanswered."""
+        """Return when the connection is known dead: a call said so, or the heartbeat went unanswered.
+
+        The heartbeat re-lists the tools (``ping`` is gone from the 2026 protocol revision), which also picks
+        up tools the server added or removed.
+        """
         while True:
             try:
                 await asyncio.wait_for(self._broken.wait(), self._ping_interval)
@@ -277,9 +287,9 @@ class ServerConnection:
             except TimeoutError:
                 pass
             try:
-                await asyncio.wait_for(client.send_ping(), self.settings.timeout_s)
+                self.tools = await asyncio.wait_for(self._list(client), self.settings.timeout_s)
             except (MCPError, TimeoutError, OSError) as exc:
-                self.mark_broken(f"ping failed: {_describe(exc)}")
+                self.mark_broken(f"heartbeat failed: {_describe(exc)}")
                 return
 
 
@@ -317,14 +327,14 @@ class ToolRoute:
 
     def __init__(self, servers: Mapping[str, McpServer], *, audit: Audit, metrics: McpMetrics | None = None,
                  reserved: Sequence[str] = (), client_factory: ClientFactory = make_client,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, ping_interval_s: float = 30.0) -> None:
+                 backoff_base_s: float = 0.5, backoff_cap_s: float = 60.0, heartbeat_s: float = 30.0) -> None:
         self._audit = audit
         self._metrics = metrics
         # Names the caller already offers the model (the device tools): an MCP tool never shadows them.
         self._reserved = frozenset(reserved)
         self.connections: dict[str, ServerConnection] = {
             name: ServerConnection(name, settings, client_factory=client_factory, backoff_base_s=backoff_base_s,
-                                   backoff_cap_s=backoff_cap_s, ping_interval_s=ping_interval_s,
+                                   backoff_cap_s=backoff_cap_s, heartbeat_s=heartbeat_s,
                                    on_restart=self._restarted)
             for name, settings in servers.items()}
         self._specs: dict[str, ToolSpec] = {}

@@ -122,36 +122,6 @@ class AckTrackingStorage(PersistentStorage):
                 fut.set_exception(SpineError("session lost before acknowledgement"))
 
 
-class _CoalescingTransport:
-    """Wraps gmqtt's transport: writes made in one event-loop turn leave in one ``write`` (one syscall).
-
-    gmqtt writes every packet on its own (PUBREC, PUBCOMP, PUBLISH, PUBREL for each request); under load the
-    syscalls cost more than the MQTT work. Order is kept: every write goes through the one buffer.
-    """
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._buffer: list[bytes] = []
-        self._loop = asyncio.get_running_loop()
-
-    def write(self, data: bytes) -> None:
-        if not self._buffer:
-            self._loop.call_soon(self._flush)
-        self._buffer.append(bytes(data))
-
-    def _flush(self) -> None:
-        data, self._buffer = b"".join(self._buffer), []
-        if data and not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
 class _BackoffConfig(dict[str, Any]):
     """gmqtt's connection config, where each read of ``reconnect_delay`` is the next back-off delay.
 
@@ -288,12 +258,6 @@ class MqttConnection:
 
     def _handle_connect(self, client: Client, session_present: int, rc: int, properties: dict[str, Any]) -> None:
         self._attempt = 0
-        connection = client._connection
-        if False and connection is not None and not isinstance(connection._transport, _CoalescingTransport):
-            # Before anything else is written on this connection (gmqtt replays in-flight packets later).
-            wrapped = _CoalescingTransport(connection._transport)
-            connection._transport = wrapped
-            connection._protocol._transport = wrapped
         # The broker's CONNACK value (gmqtt's ``properties`` merges our CONNECT values over it).
         recv_max = client._package_handler._connack_properties.get("receive_maximum") or [65535]
         self.window.set_capacity(int(recv_max[0]))

@@ -221,12 +221,20 @@ class OutboxRelay:
         rows = await self._store.write_fetch(_CLAIM_SQL, self._owner, float(CLAIM_SECONDS), BATCH, busy)
         if not rows:
             return False
+        claimed = len(rows)
+        # Checked again now: a row handed over in memory may have committed while the claim was on its way
+        # (it is then in one of these sets until its sent_at is committed, and a claim never sees it after).
+        rows = [r for r in rows if not self._busy(r["id"])]
         for r in sorted(rows, key=lambda r: r["id"]):
             row = OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
                          properties_from_json(r["properties"]))
             if not await self._publish(row):
                 return False  # the rest stay claimed by us and go out after the reconnect
-        return len(rows) == BATCH
+        return claimed == BATCH
+
+    def _busy(self, row_id: int) -> bool:
+        return (row_id in self._in_flight or row_id in self._reserved or row_id in self._recording
+                or row_id in self._acked)
 
     async def _publish(self, row: OutRow) -> bool:
         """Publish one row with its idempotency key; False when the connection is gone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -27,10 +28,11 @@ from tests.support.mqtt import TestClient
 
 pytestmark = pytest.mark.fault
 
-DIALOGUES = 500
+DIALOGUES = int(os.environ.get("KITT_SOAK_DIALOGUES", "500"))
 SITES = 20
-MIN_KILLS = 10
+MIN_KILLS = int(os.environ.get("KITT_SOAK_KILLS", "10"))
 STALL_S = 6.0          # no answer from the hub for this long (while it is up): the satellite gives up
+STUCK_S = 40.0         # answered, and still no end of the dialogue after this long: recorded as stuck
 
 
 @dataclass
@@ -38,6 +40,7 @@ class Tally:
     started: int = 0
     finished: int = 0
     abandoned: int = 0
+    stuck: set[str] = field(default_factory=set)
     yes_sessions: set[str] = field(default_factory=set)
     no_sessions: set[str] = field(default_factory=set)
 
@@ -85,22 +88,37 @@ class Soak:
                 if not answered:
                     self.tally.abandoned += 1
                     return
-                last_progress = time.monotonic()  # answered: the outcome must still come; keep waiting
+                if time.monotonic() - last_progress > STUCK_S:
+                    self.tally.stuck.add(session)
+                    return
 
     async def site_loop(self, site: str, quota: asyncio.Queue[int]) -> None:
+        retry = 0
         while True:
             try:
                 n = quota.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            await self.dialogue(site, f"{site}-{n}")
+            abandoned = self.tally.abandoned
+            await self.dialogue(site, f"{site}-{n}" + (f"r{retry}" if retry else ""))
+            if self.tally.abandoned > abandoned:
+                # Lost before the question (nothing durable yet): the person tries again, so 500 dialogues
+                # reach the hazard question.
+                retry += 1
+                quota.put_nowait(n)
+
+    async def report(self, kills: list[float]) -> None:
+        while True:
+            await asyncio.sleep(10)
+            t = self.tally
+            print(f"soak progress: started={t.started} finished={t.finished} abandoned={t.abandoned} "
+                  f"stuck={len(t.stuck)} kills={len(kills)}", flush=True)
 
     async def killer(self, done: asyncio.Event, kills: list[float]) -> None:
-        """SIGKILL at random moments while dialogues run; at least MIN_KILLS times."""
-        while not done.is_set() or len(kills) < MIN_KILLS:
-            await asyncio.sleep(self.rng.uniform(0.4, 2.0))
-            if done.is_set() and len(kills) >= MIN_KILLS:
-                return
+        """SIGKILL at random moments while the dialogues run, MIN_KILLS times (the last ones may find the
+        dialogues done: then the soak waits for them, so the count is always reached)."""
+        while len(kills) < MIN_KILLS:
+            await asyncio.sleep(self.rng.uniform(0.3, 1.5))
             self.up.clear()
             await asyncio.to_thread(self.hub.kill)
             kills.append(time.monotonic())
@@ -132,9 +150,11 @@ async def test_soak_500_hazard_dialogues_with_random_kills(db_dsn: str, tmp_path
         try:
             async with asyncio.timeout(420):
                 killer = asyncio.create_task(soak.killer(done, kills), name="soak.killer")
+                reporter = asyncio.create_task(soak.report(kills), name="soak.report")
                 await asyncio.gather(*(soak.site_loop(s, quota) for s in sites))
                 done.set()
                 await killer
+                reporter.cancel()
                 up.set()
                 await commands.settle(2.0, timeout=30)
         finally:
@@ -151,12 +171,14 @@ async def test_soak_500_hazard_dialogues_with_random_kills(db_dsn: str, tmp_path
           f"{len(tally.yes_sessions)} answered yes, {len(tally.no_sessions)} no; {len(kills)} kills; "
           f"{len(keys)} commands raw, {len(by_key)} by key; {elapsed:.1f}s")
     assert len(kills) >= MIN_KILLS
-    assert tally.started >= DIALOGUES
+    assert tally.stuck == set(), "dialogues answered but never ended"
+    assert tally.finished >= DIALOGUES
     assert all(json.loads(m.payload)["state"] == "UNLOCK" for m in commands.messages)
-    assert [k for k, n in by_key.items() if n > 1] == [], "a command was published twice (same key)"
-    assert len(keys) == len(by_key), "raw duplicates on the wire"
     assert None not in unlocked_sessions, "a command that belongs to no confirmation"
-    assert [s for s, n in unlocked_sessions.items() if n > 1] == [], "two commands for one dialogue"
+    assert [s for s, n in unlocked_sessions.items() if n > 1] == [], "two commands (two keys) for one dialogue"
     assert set(unlocked_sessions) - tally.yes_sessions == set(), "a command without a yes"
     assert tally.yes_sessions - set(unlocked_sessions) == set(), "a yes without a command"
     assert len(by_key) == len(tally.yes_sessions)
+    # Last, because it is the outbox relay's, not the dialogue's: a command published but not yet marked sent
+    # when the hub is killed goes out again after the restart (same key, new packet id).
+    assert [k for k, n in by_key.items() if n > 1] == [], f"raw duplicates on the wire: {len(keys) - len(by_key)}"

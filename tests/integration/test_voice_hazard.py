@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class Rig:
         return [r["body"] if isinstance(r["body"], dict) else json.loads(r["body"]) for r in rows]
 
 
+@asynccontextmanager
 async def make_rig(db_dsn: str, state_dir: Path, *, base_topic: str | None = None,
                    voice: dict[str, Any] | None = None) -> AsyncIterator[Rig]:
     kitchen, bedroom = unique_site("kitchen"), unique_site("bedroom")
@@ -78,13 +80,13 @@ async def make_rig(db_dsn: str, state_dir: Path, *, base_topic: str | None = Non
 
 @pytest.fixture
 async def rig(db_dsn: str, state_dir: Path) -> AsyncIterator[Rig]:
-    async for r in make_rig(db_dsn, state_dir):
+    async with make_rig(db_dsn, state_dir) as r:
         yield r
 
 
 async def test_unlock_asks_first_and_only_the_bound_session_can_say_yes(db_dsn: str, state_dir: Path) -> None:
     # The literal bridge topic of the issue; other tests' commands are told apart by the idempotency key.
-    async for rig in make_rig(db_dsn, state_dir, base_topic="zigbee2mqtt"):
+    async with make_rig(db_dsn, state_dir, base_topic="zigbee2mqtt") as rig:
         session = f"t3-{uuid.uuid4().hex[:6]}"
         cid = await rig.question(session)
         await rig.spoken(session, cid)
@@ -133,7 +135,7 @@ async def test_no_cancels_and_nothing_is_published(rig: Rig) -> None:
 
 
 async def test_answer_after_expiry_publishes_nothing_and_the_session_times_out(db_dsn: str, state_dir: Path) -> None:
-    async for rig in make_rig(db_dsn, state_dir, voice={"confirm_timeout_s": 1}):
+    async with make_rig(db_dsn, state_dir, voice={"confirm_timeout_s": 1}) as rig:
         cid = await rig.question("t4")
         mark = rig.sat.mark
         await rig.spoken("t4", cid)

@@ -175,7 +175,7 @@ def make_harness(**voice: Any) -> Harness:
     published: list[tuple[str, dict[str, Any]]] = []
     events: list[tuple[str, dict[str, Any]]] = []
 
-    async def publish(topic: str, payload: dict[str, Any]) -> None:
+    async def publish(topic: str, payload: dict[str, Any], *, wait: bool = False) -> None:
         published.append((topic, payload))
 
     @contextlib.asynccontextmanager

@@ -192,3 +192,28 @@ class HubProcess:
             except HubProcessError as err:
                 # Already killed by stop(); report it without hiding the test's own failure, if any.
                 print(f"{self.name}: {err}", file=sys.stderr)
+
+
+# --- what the database says happened -------------------------------------------------------------------
+
+
+async def event_counts(dsn: str, kind: str) -> dict[str, int]:
+    """``{correlation_id: number of audit events of that kind}``."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT correlation_id, count(*) AS n FROM events WHERE kind = $1 GROUP BY 1", kind)
+    finally:
+        await conn.close()
+    return {r["correlation_id"]: r["n"] for r in rows}
+
+
+async def db_value(dsn: str, query: str, *args: Any) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()

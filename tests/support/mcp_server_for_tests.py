@@ -19,6 +19,13 @@ from pathlib import Path
 from mcp.server.mcpserver import MCPServer
 
 
+def _mark_started() -> None:
+    marker = os.environ.get("MCP_TEST_STARTED_FILE")
+    if marker:
+        with Path(marker).open("a", encoding="utf-8") as f:
+            f.write(f"{os.getpid()}\n")
+
+
 def build() -> MCPServer:
     server = MCPServer("kitt-test-tools", log_level="WARNING")
 
@@ -28,10 +35,7 @@ def build() -> MCPServer:
 
     @server.tool(description="Waits the given number of seconds, then answers.")
     async def slow_tool(seconds: float = 30.0) -> str:
-        marker = os.environ.get("MCP_TEST_STARTED_FILE")
-        if marker:
-            with Path(marker).open("a", encoding="utf-8") as f:
-                f.write(f"{os.getpid()}\n")
+        _mark_started()
         await asyncio.sleep(seconds)
         return f"slept {seconds} s"
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,6 +208,25 @@ class TestClient:
         await asyncio.wait_for(self._storage.wait_empty(), timeout)
 
 
+# --- replies -------------------------------------------------------------------------------------------
+
+
+def check_replies(messages: list[Received], ids: set[str]) -> int:
+    """Every id answered; copies of one reply are the same message (same idempotency key, same bytes).
+
+    Returns the raw duplicate count (deliveries beyond the first of each reply).
+    """
+    by_id: dict[str, list[Received]] = defaultdict(list)
+    for m in messages:
+        by_id[m.json()["id"]].append(m)
+    assert set(by_id) == ids, f"missing replies: {sorted(ids - set(by_id))[:10]}"
+    for rid, copies in by_id.items():
+        keys = {m.user_properties.get("id") for m in copies}
+        assert len(keys) == 1 and None not in keys, (rid, keys)
+        assert len({m.payload for m in copies}) == 1, rid
+    return sum(len(c) - 1 for c in by_id.values())
+
+
 # --- the packet tap ------------------------------------------------------------------------------------
 
 PACKET_NAMES = {1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP",
@@ -321,3 +341,56 @@ class MqttTap:
             if asyncio.iscoroutine(result):
                 return result
         return None
+
+
+# --- an in-process spine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SpineEnv:
+    spine: Any
+    store: Any
+    metrics: Any
+    config: Any
+
+    def sample(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def running_spine(config: Any, *, routes: Iterable[Any] = (), plugins: Iterable[str] = (),
+                        wait_ready: bool = True) -> Any:
+    """A Store + Spine (+ plugins such as ``handlers.ask``) in this process, started; stopped on exit."""
+    import importlib
+
+    import structlog
+
+    from hub.metrics import Metrics
+    from hub.plugins import PluginContext, Services
+    from hub.readiness import Readiness
+    from hub.spine import Spine
+    from hub.store import Store
+
+    metrics = Metrics()
+    store = Store(dsn=config.database.url, metrics=metrics, pool_min=2, pool_max=config.database.pool_max)
+    await store.start()
+    spine = Spine(config=config, store=store, metrics=metrics)
+    started: list[Any] = []
+    try:
+        for route in routes:
+            spine.add_route(route)
+        for name in plugins:
+            ctx = PluginContext(name=name, config=config, spine=spine, store=store, metrics=metrics,
+                                services=Services(), readiness=Readiness(), log=structlog.get_logger(name))
+            plugin = importlib.import_module(name).create(ctx)
+            await plugin.start()
+            started.append(plugin)
+        await spine.start()
+        if wait_ready:
+            await spine.wait_ready(15)
+        yield SpineEnv(spine, store, metrics, config)
+    finally:
+        await spine.stop(drain_timeout_s=5)
+        for plugin in reversed(started):
+            await plugin.stop()
+        await store.stop()
