@@ -6,7 +6,8 @@ provides nothing and the hub runs as before.
 
 from __future__ import annotations
 
-from hub.mcp.client import McpMetrics, ToolRoute
+from typing import Any
+
 from hub.plugins import PluginContext
 
 # The frontier already offers these device tools (handlers/understanding/tools.py); an MCP tool with the same
@@ -17,13 +18,16 @@ RESERVED_TOOL_NAMES = ("device_action", "device_state")
 class McpPlugin:
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
-        self.route: ToolRoute | None = None
+        self.route: Any = None  # hub.mcp.client.ToolRoute once started with servers
 
     async def start(self) -> None:
         ctx = self._ctx
         servers = ctx.config.mcp.servers
         if not servers:
             return
+        # Imported here: the MCP SDK takes ~0.4 s to import, which a hub without MCP servers never pays.
+        from hub.mcp.client import McpMetrics, ToolRoute
+
         self.route = ToolRoute(servers, audit=ctx.store.record_event, metrics=McpMetrics(ctx.metrics),
                                reserved=RESERVED_TOOL_NAMES)
         await self.route.start()

@@ -31,6 +31,7 @@ log = structlog.get_logger("kitt.hub")
 DEFAULT_PLUGINS = (
     "handlers.devices",
     "handlers.understanding",
+    "handlers.mcp",
     "handlers.confirmations",
     "handlers.ask",
     "handlers.voice",

@@ -57,5 +57,16 @@ class Metrics:
         self.mqtt_published = Counter("kitt_mqtt_published", "Messages published", ["topic_class"], registry=r)
         self.startup_seconds = Gauge("kitt_startup_seconds", "Seconds from process start to ready", registry=r)
 
+        self.mcp_tool_calls = Counter(
+            "kitt_mcp_tool_calls", "MCP tool calls", ["server", "tool", "status"], registry=r
+        )
+        self.mcp_tool_seconds = Histogram(
+            "kitt_mcp_tool_seconds", "MCP tool call duration", ["server"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.mcp_server_restarts = Counter(
+            "kitt_mcp_server_restarts", "MCP server (re)starts after a failure", ["server"], registry=r
+        )
+        self.mcp_server_up = Gauge("kitt_mcp_server_up", "1 while an MCP server is connected", ["server"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,6 +20,7 @@ from handlers.understanding.resolve import ACTION_INTENTS, CONFIRM_INTENTS, STAT
 from handlers.understanding.tools import to_action, tool_schemas
 from hub.contracts import ConfirmationError, DeviceAction, Outcome, Principal, Understanding
 from hub.frontier import FrontierClient, FrontierError
+from hub.mcp.answer import answer_by_match, answer_tool_calls
 from hub.plugins import PluginContext
 
 CANT = "I can't do that yet."
@@ -189,6 +190,9 @@ class Understander:
     async def _ask_frontier(self, u: Understanding, *, principal: Principal, request_id: str,
                             conn: asyncpg.Connection | None) -> Outcome:
         if self._frontier is None or not self._frontier.enabled:
+            tools = self._ctx.services.tools  # MCP (handlers.mcp): a no-argument tool the request names
+            if tools is not None and (out := await answer_by_match(tools, u.text, request_id=request_id)):
+                return out
             return Outcome(text=CANT, route="unknown", intent=u.intent)
         vector = await self._vector(u.text)
         cache = self._ctx.services.cache
@@ -198,18 +202,33 @@ class Understander:
                 return Outcome(text=hit.answer, route="cache", intent=u.intent, data={"cache": hit.kind})
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": u.text}]
         try:
-            reply = await self._frontier.chat(messages, tools=tool_schemas(self._registry))
+            reply = await self._frontier.chat(messages, tools=tool_schemas(self._registry) + await self._mcp_tools())
         except FrontierError as exc:
             self._ctx.log.warning("frontier failed", error=str(exc))
             return Outcome(text="I can't answer that right now: my online assistant is unreachable.",
                            route="unknown", intent=u.intent, data={"error": str(exc)})
         if reply.tool_calls:
+            if (answered := await self._answer_mcp(reply, messages, request_id)) is not None:
+                return answered
             return await self._do_tools(reply, principal=principal, request_id=request_id, conn=conn)
         if not reply.text:
             return Outcome(text=CANT, route="unknown", intent=u.intent)
         if cache is not None and vector is not None:
             await cache.store(u.text, vector, reply.text, tags=("frontier",))
         return Outcome(text=reply.text, route="frontier", intent=u.intent)
+
+    async def _mcp_tools(self) -> list[dict[str, Any]]:
+        """The MCP servers' tools (``services.tools``, from handlers.mcp), offered beside the device tools."""
+        tools = self._ctx.services.tools
+        return await tools.openai_tools() if tools is not None else []
+
+    async def _answer_mcp(self, reply: Any, messages: list[dict[str, Any]], request_id: str) -> Outcome | None:
+        """MCP tool calls answered through ``services.tools``; None when the reply calls a device tool (those
+        keep going through the hazard gate in ``_do_tools``) or no MCP tool."""
+        tools = self._ctx.services.tools
+        if tools is None or any(c.name in ("device_action", "device_state") for c in reply.tool_calls):
+            return None
+        return await answer_tool_calls(tools, self._frontier, messages, reply, request_id=request_id)
 
     async def _do_tools(self, reply: Any, *, principal: Principal, request_id: str,
                         conn: asyncpg.Connection | None) -> Outcome:

@@ -202,15 +202,22 @@ class HttpAgent:
         url = f"{self._base}/api/v1{path}"
         try:
             async with self._session.request(method, url, json=body) as resp:
-                data = await resp.json(content_type=None) if resp.content_length != 0 else None
-                if resp.status >= 400:
-                    code = (data or {}).get("error", "failed") if isinstance(data, dict) else "failed"
-                    detail = (data or {}).get("detail") if isinstance(data, dict) else None
-                    raise AgentError(str(code), _detail_text(detail) or f"HTTP {resp.status} from {path}")
-                return data
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+                raw = await resp.read()
+                status = resp.status
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise AgentError("unavailable", f"the hub does not answer at {self._base}: "
                                             f"{type(exc).__name__}: {exc} (is `kitt-hub run` running?)") from exc
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            data = None
+        if status >= 400:
+            code = data.get("error", "failed") if isinstance(data, dict) else "failed"
+            detail = data.get("detail") if isinstance(data, dict) else None
+            raise AgentError(str(code), _detail_text(detail) or f"HTTP {status} from {path}")
+        if data is None:
+            raise AgentError("failed", f"{method} {path} answered {status} without a JSON body")
+        return data
 
     async def devices(self) -> list[dict[str, Any]]:
         return list((await self._call("GET", "/devices"))["devices"])

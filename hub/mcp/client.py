@@ -19,7 +19,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import structlog
@@ -27,10 +26,12 @@ from mcp import Client, MCPError, StdioServerParameters
 from mcp import types as mcp_types
 
 from hub.config import McpServer
-from hub.errors import KittError
 from hub.jobs.backoff import backoff_delay
+from hub.mcp.tools import ToolCallError, ToolSpec
 
 log = structlog.get_logger("kitt.mcp")
+
+__all__ = ["McpMetrics", "ServerConnection", "ToolCallError", "ToolRoute", "ToolSpec", "make_client"]
 
 # OpenAI function names: ^[a-zA-Z0-9_-]{1,64}$ — anything else is renamed before it is offered.
 _FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -38,49 +39,6 @@ _FUNCTION_NAME = re.compile(r"[^A-Za-z0-9_-]")
 AUDIT_ARGUMENTS_MAX = 500
 # Characters of a tool's answer handed back (a spoken reply or a model's context, not a data dump).
 RESULT_MAX = 4000
-
-ErrorKind = Literal["unknown_tool", "unavailable", "timeout", "server_down", "tool_error"]
-
-
-class ToolCallError(KittError):
-    """A tool call that did not give an answer. ``kind`` is a short, metric-safe label:
-
-    unknown_tool (no such tool), unavailable (the server could not be reached or started), timeout (no answer
-    within the call's timeout), server_down (the server stopped during the call), tool_error (the tool ran and
-    reported an error).
-    """
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """One tool as the hub offers it: ``name`` is unique across servers (``remote_name`` is the server's)."""
-
-    name: str
-    description: str
-    input_schema: dict[str, Any]
-    server: str
-    remote_name: str
-
-    @property
-    def required(self) -> tuple[str, ...]:
-        return tuple(str(r) for r in self.input_schema.get("required") or ())
-
-    def openai(self) -> dict[str, Any]:
-        """The OpenAI function-tool form of this tool (what ``/chat/completions`` takes in ``tools``)."""
-        schema = dict(self.input_schema) or {"type": "object", "properties": {}}
-        schema.setdefault("type", "object")
-        schema.setdefault("properties", {})
-        schema.pop("title", None)  # the SDK's generated "…Arguments" title says nothing to a model
-        return {"type": "function", "function": {
-            "name": self.name,
-            "description": (self.description or self.remote_name)[:1024],
-            "parameters": schema,
-        }}
-
 
 @dataclass(frozen=True)
 class RemoteTool:
@@ -105,14 +63,14 @@ Audit = Callable[..., Awaitable[Any]]  # Store.record_event's shape: (kind, *, a
 
 def make_client(name: str, settings: McpServer) -> Client:
     """The SDK client for one configured server: a child process over stdio, or streamable HTTP."""
+    info = mcp_types.Implementation(name="kitt-hub", version="1")
+    # Listings are re-read on every (re)connect, so the SDK's response cache would only serve stale ones.
     if settings.command:
         command, *args = settings.command
-        cwd = Path.cwd()
-        return Client(StdioServerParameters(command=command, args=list(args), env=dict(settings.env) or None,
-                                            cwd=str(cwd)),
-                      cache=None, client_info=mcp_types.Implementation(name="kitt-hub", version="1"))
-    # Listings are re-read on every (re)connect, so the SDK's response cache would only serve stale ones.
-    return Client(settings.url, cache=None, client_info=mcp_types.Implementation(name="kitt-hub", version="1"))
+        # The child runs in the hub's working directory with the SDK's small default environment plus ``env``.
+        return Client(StdioServerParameters(command=command, args=list(args), env=dict(settings.env) or None),
+                      cache=None, client_info=info)
+    return Client(settings.url, cache=None, client_info=info)
 
 
 def result_text(result: Any) -> str:
@@ -302,24 +260,13 @@ def _describe(exc: BaseException) -> str:
 
 
 class McpMetrics:
-    """The tool route's metrics. Uses the kernel's (``hub.metrics.Metrics.mcp_*``) when it defines them, else
-    registers its own on the same registry, so ``/metrics`` shows them either way."""
+    """The tool route's metrics, from the kernel's registry (``hub.metrics.Metrics.mcp_*``)."""
 
     def __init__(self, metrics: Any) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
-        registry = metrics.registry
-        self.calls = getattr(metrics, "mcp_tool_calls", None) or Counter(
-            "kitt_mcp_tool_calls", "MCP tool calls by server, tool and outcome", ["server", "tool", "status"],
-            registry=registry)
-        self.seconds = getattr(metrics, "mcp_tool_seconds", None) or Histogram(
-            "kitt_mcp_tool_seconds", "MCP tool call duration", ["server"],
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0), registry=registry)
-        self.restarts = getattr(metrics, "mcp_server_restarts", None) or Counter(
-            "kitt_mcp_server_restarts", "MCP server reconnects after a crash or a lost connection", ["server"],
-            registry=registry)
-        self.up = getattr(metrics, "mcp_server_up", None) or Gauge(
-            "kitt_mcp_server_up", "1 while the MCP server's session is up", ["server"], registry=registry)
+        self.calls = metrics.mcp_tool_calls
+        self.seconds = metrics.mcp_tool_seconds
+        self.restarts = metrics.mcp_server_restarts
+        self.up = metrics.mcp_server_up
 
 
 class ToolRoute:
@@ -357,11 +304,16 @@ class ToolRoute:
     # --- tools --------------------------------------------------------------------------------------
 
     async def list_tools(self, *, timeout: float | None = None) -> list[ToolSpec]:
-        """Every reachable server's tools (connecting those not up yet, in parallel, each within its timeout).
+        """Every server's tools, connecting those used for the first time (in parallel, each within its
+        timeout). A server that cannot be reached is left out (and logged): the others still work.
 
-        A server that cannot be reached is left out (and logged): the others still work.
+        A server waiting out its backoff after a crash is not waited for — that would slow every request while
+        it is down — but the tools it listed stay offered: a call to one waits (within its timeout) for the
+        restart, and says clearly if it does not come.
         """
         async def one(conn: ServerConnection) -> None:
+            if conn.state == "backoff":
+                return
             try:
                 await conn.ensure(timeout if timeout is not None else conn.settings.timeout_s)
             except ToolCallError as exc:

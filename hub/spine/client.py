@@ -5,12 +5,13 @@ Why gmqtt: with ``optimistic_acknowledgement=False`` it sends PUBACK/PUBREC only
 before the application sees the message; see docs/spine.md). ``tests/integration/test_spine_ack_order.py``
 and ``tests/fault/test_ack_order.py`` prove the order.
 
-Three things gmqtt leaves to us, done here:
+Four things gmqtt leaves to us, done here:
 - outbound flow control: gmqtt raises ``OverflowError`` once the broker's Receive Maximum worth of QoS 1/2
   publishes are unacknowledged; ``send()`` waits for a free slot instead (``OutboundWindow``);
 - reconnect back-off: gmqtt retries at a fixed delay; ``_BackoffConfig`` makes every retry read a fresh
   exponential delay with jitter;
-- SUBACK: ``subscribe()`` waits for it and raises when the broker refused a filter.
+- SUBACK: ``subscribe()`` waits for it and raises when the broker refused a filter;
+- write coalescing: the packets of one event-loop turn leave in one syscall (``_CoalescingTransport``).
 """
 
 from __future__ import annotations
@@ -120,6 +121,37 @@ class AckTrackingStorage(PersistentStorage):
         for fut in waiters.values():
             if not fut.done():
                 fut.set_exception(SpineError("session lost before acknowledgement"))
+
+
+class _CoalescingTransport:
+    """Wraps gmqtt's transport so the packets written in one event-loop turn leave in one ``write``.
+
+    gmqtt writes each packet on its own (PUBREC, PUBCOMP, PUBLISH, PUBREL per request); under load one
+    syscall per packet costs more than the MQTT work. Every write goes through one buffer, so order is kept.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._buffer: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._buffer:
+            self._loop.call_soon(self._flush)
+        self._buffer.append(data)
+
+    def _flush(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        if data and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class _BackoffConfig(dict[str, Any]):
@@ -258,6 +290,12 @@ class MqttConnection:
 
     def _handle_connect(self, client: Client, session_present: int, rc: int, properties: dict[str, Any]) -> None:
         self._attempt = 0
+        connection = client._connection
+        if connection is not None and not isinstance(connection._transport, _CoalescingTransport):
+            # Before anything else goes out on this connection (gmqtt replays in-flight packets after this).
+            wrapped = _CoalescingTransport(connection._transport)
+            connection._transport = wrapped
+            connection._protocol._transport = wrapped
         # The broker's CONNACK value (gmqtt's ``properties`` merges our CONNECT values over it).
         recv_max = client._package_handler._connack_properties.get("receive_maximum") or [65535]
         self.window.set_capacity(int(recv_max[0]))

@@ -99,6 +99,7 @@ class Spine:
         self._bounce_pending = False
         self._receiving = 0
         self._connect_listeners: list[Callable[[bool], Any]] = []
+        self._received_children: dict[str, Any] = {}
 
     # --- registration --------------------------------------------------------------------------------
 
@@ -246,7 +247,7 @@ class Spine:
         try:
             accepted = await self._accept(routes, topic, payload, qos, properties)
             if accepted:
-                self._spawn(self._process(accepted), f"kitt[spine].handle:{accepted[0][0].name}")
+                self._spawn(self._process(accepted), "kitt[spine].handle")
                 handed_over = True
             return 0
         finally:
@@ -261,7 +262,7 @@ class Spine:
         redelivered = bool(properties.get("dup"))
         valid: list[tuple[Route, Inbound]] = []
         for route in routes:
-            self._metrics.messages_received.labels(topic_class=route.name).inc()
+            self._received(route.name).inc()
             inbound = Inbound(topic=topic, payload=payload, qos=qos, retain=retain, properties=properties,
                               redelivered=redelivered)
             if retain and not route.accept_retained:
@@ -279,9 +280,13 @@ class Spine:
             return valid
         keys = [self._dedupe_key(route, inbound) for route, inbound in durable]
         try:
-            added = await asyncio.gather(*(
-                self._inbox.add(dedupe_key=key, topic=topic, payload=payload, properties=properties, qos=qos)
-                for key in keys))
+            if len(keys) == 1:  # the common case, without a gather
+                added = [await self._inbox.add(dedupe_key=keys[0], topic=topic, payload=payload,
+                                               properties=properties, qos=qos)]
+            else:
+                added = await asyncio.gather(*(
+                    self._inbox.add(dedupe_key=key, topic=topic, payload=payload, properties=properties, qos=qos)
+                    for key in keys))
         except StoreError as exc:
             # Not committed: do not acknowledge. Reconnecting makes the broker send it again.
             log.error("inbox write failed; message left with the broker", topic=topic, error=str(exc))
@@ -298,6 +303,14 @@ class Spine:
             inbound.dedupe_key = key
             accepted.append((route, inbound))
         return accepted
+
+    def _received(self, route_name: str) -> Any:
+        # The labelled child, looked up once per route (prometheus' labels() takes a lock each call).
+        child = self._received_children.get(route_name)
+        if child is None:
+            child = self._received_children[route_name] = self._metrics.messages_received.labels(
+                topic_class=route_name)
+        return child
 
     def _dedupe_key(self, route: Route, inbound: Inbound) -> str:
         """``<route>|<topic>|<application id>``: one inbox row per route, so two routes on a topic both act."""
@@ -409,9 +422,10 @@ class Spine:
     async def handling(self, inbound: Inbound) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that also marks ``inbound``'s inbox row done: effects and done commit together.
 
-        The connection is inside a transaction shared with other messages' blocks (``txgroup``), each in its
-        own savepoint: keep the block to database writes. It returns once the group has committed; an error
-        in the block rolls back this block only. Nested ``conn.transaction()`` works (a savepoint).
+        The connection is inside a transaction shared with other messages' blocks (``txgroup``): keep the
+        block to database writes. It returns once the group has committed. ``AlreadyHandled`` (the row was
+        finished elsewhere) means nothing of the block was committed. If another block of the group fails,
+        this handler is run again by the spine. Nested ``conn.transaction()`` works (a savepoint).
         """
         row = inbound.inbox_id if not inbound.finished else None
         block: _Block | None = None
@@ -424,11 +438,12 @@ class Spine:
                     yield conn
                 finally:
                     _current_block.reset(token)
-        except Finished as exc:
-            raise AlreadyHandled(str(exc)) from exc
-        except BaseException:
+        except BaseException as exc:
+            # Rolled back: the rows this block wrote do not exist.
             if block is not None:
                 self.relay.unreserve(r.id for r in block.rows)
+            if isinstance(exc, Finished):
+                raise AlreadyHandled(str(exc)) from exc
             raise
         inbound.finished = True
         if block is not None and block.rows:

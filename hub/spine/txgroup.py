@@ -5,18 +5,19 @@ statements, and one WAL flush each. Under load the spine instead runs blocks one
 (a connection it keeps, with an open transaction):
 
     BEGIN
-    UPDATE inbox SET state = 'done' … WHERE id = 17 AND state = 'pending'   -- block 1 opens
-    …block 1's own statements (outbox row, audit event)…
-    UPDATE inbox SET state = 'done' … WHERE id = 18 AND state = 'pending'   -- block 2 opens
-    …
+    …block 1's statements (outbox row, audit event)…
+    …block 2's statements…
+    UPDATE inbox SET state = 'done' … WHERE id = ANY('{17,18}') AND state = 'pending' RETURNING id
     COMMIT                                   -- when no block waits for the lane, or the group is full
 
 Each message's effects and its ``done`` mark are in one transaction (the group's), so they commit or roll
-back together. A block's ``handling()`` returns only after the COMMIT, so nothing is published or
-acknowledged before it is durable. Blocks have no savepoint of their own (that would double the statements
-per message): when a block raises, the whole group rolls back, and every other block of it gets
-``GroupAborted``; the spine runs those handlers again (their rows are still pending, so that is safe).
-A nested ``conn.transaction()`` inside a block is a savepoint and works as usual.
+back together. The marks go in one statement at the end of the group; if a row was no longer pending (a
+redelivery handled elsewhere meanwhile), the group rolls back: that block gets ``Finished`` (its message was
+handled already) and the others ``GroupAborted``. Blocks have no savepoint of their own either (that would
+add statements per message): when a block raises, the whole group rolls back and every other block of it
+gets ``GroupAborted``. The spine runs those handlers again (their rows are still pending, so that is safe).
+A block's ``handling()`` returns only after the COMMIT, so nothing is published or acknowledged before it is
+durable. A nested ``conn.transaction()`` inside a block is a savepoint and works as usual.
 
 Keep blocks short: compute before ``handling()``, write inside it. A block that waits on the network holds
 its lane (the other lanes go on).
@@ -42,7 +43,7 @@ MAX_BLOCKS = 64
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 _FINISH_SQL = """UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
-                 WHERE id = $1 AND state = 'pending' RETURNING id"""  # $1 inbox id
+                 WHERE id = ANY($1::bigint[]) AND state = 'pending' RETURNING id"""  # $1 inbox ids
 
 
 class Finished(KittError):
@@ -63,22 +64,20 @@ class _Lane:
         self.waiting = 0
         self._conn: Any = None
         self._tx: asyncpg.transaction.Transaction | None = None
-        self._blocks: list[asyncio.Future[None]] = []
+        self._blocks: list[tuple[int | None, asyncio.Future[None]]] = []
 
-    async def open_block(self, inbox_id: int | None) -> asyncpg.Connection:
+    async def open_block(self) -> asyncpg.Connection:
         if self._conn is None:
             # Kept across groups: no pool round trip (and no reset query) per transaction.
             self._conn = await self._store.pool.acquire()
         if self._tx is None:
             self._tx = self._conn.transaction()
             await self._tx.start()
-        if inbox_id is not None and await self._conn.fetchval(_FINISH_SQL, inbox_id) is None:
-            raise Finished(f"inbox row {inbox_id} already finished")
         return self._conn
 
-    def block_done(self) -> asyncio.Future[None]:
+    def block_done(self, inbox_id: int | None) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._blocks.append(fut)
+        self._blocks.append((inbox_id, fut))
         return fut
 
     @property
@@ -86,25 +85,44 @@ class _Lane:
         return len(self._blocks) >= MAX_BLOCKS
 
     async def commit(self) -> None:
-        """COMMIT the group (roll back when it has no block to keep)."""
+        """Mark the group's rows done and COMMIT (roll back when it has no block to keep)."""
         blocks, self._blocks = self._blocks, []
         tx, self._tx = self._tx, None
         if tx is None:
             return
         try:
-            if blocks:
-                await tx.commit()
-            else:
+            if not blocks:
                 await tx.rollback()
+                return
+            ids = [row for row, _ in blocks if row is not None]
+            marked = {r["id"] for r in await self._conn.fetch(_FINISH_SQL, ids)} if ids else set()
+            if len(marked) != len(ids):
+                # A row was no longer pending (or came twice): its effects must not commit, so none do.
+                await tx.rollback()
+                self._fail_stale(blocks, marked)
+                return
+            await tx.commit()
         except _DRIVER_ERRORS as exc:
             log.error("group commit failed; its messages stay pending and are retried", lane=self.name,
                       blocks=len(blocks), error=str(exc))
             await self._drop_connection()
-            self._fail(blocks, f"group commit failed: {exc}")
+            self._fail([fut for _, fut in blocks], f"group commit failed: {exc}")
             return
-        for fut in blocks:
+        for _, fut in blocks:
             if not fut.done():
                 fut.set_result(None)
+
+    def _fail_stale(self, blocks: list[tuple[int | None, asyncio.Future[None]]], marked: set[int]) -> None:
+        seen: set[int] = set()
+        for row, fut in blocks:
+            if fut.done():
+                continue
+            if row is not None and (row not in marked or row in seen):
+                fut.set_exception(Finished(f"inbox row {row} already finished"))
+            else:
+                fut.set_exception(GroupAborted("another message of the group was handled already"))
+            if row is not None:
+                seen.add(row)
 
     async def abort(self, reason: str) -> None:
         """Roll the group back: every block of it fails with ``GroupAborted``."""
@@ -116,7 +134,7 @@ class _Lane:
             except _DRIVER_ERRORS as exc:
                 log.warning("rollback failed; dropping the lane's connection", lane=self.name, error=str(exc))
                 await self._drop_connection()
-        self._fail(blocks, reason)
+        self._fail([fut for _, fut in blocks], reason)
 
     @staticmethod
     def _fail(blocks: list[asyncio.Future[None]], reason: str) -> None:
@@ -174,9 +192,7 @@ class TransactionGroups:
         done: asyncio.Future[None] | None = None
         try:
             try:
-                conn = await lane.open_block(inbox_id)
-            except Finished:
-                raise
+                conn = await lane.open_block()
             except _DRIVER_ERRORS as exc:
                 await lane.abort(f"lane failed: {exc}")
                 raise StoreWriteError(str(exc) or type(exc).__name__) from exc
@@ -186,7 +202,7 @@ class TransactionGroups:
                 # Without a savepoint per block, this block's statements go only with the whole group.
                 await lane.abort(f"another message of the group failed: {type(exc).__name__}")
                 raise
-            done = lane.block_done()
+            done = lane.block_done(inbox_id)
         finally:
             # The group ends when nobody waits for this lane (or it is full): whoever leaves last commits.
             try:

@@ -43,6 +43,9 @@ def create_app(deps: WebDeps) -> web.Application:
         api = None  # type: ignore[assignment]
     if api is not None:
         api.setup(app)
+        from hub.mcp.http import mount_mcp_http
+
+        mount_mcp_http(app, deps)
     return app
 
 

@@ -101,13 +101,14 @@ async def test_an_mcp_agent_reads_acts_remembers_and_can_only_request_hazards(db
             failed, text = await call(client, "device_action", device="front_door", action="unlock")
             assert failed and "hazardous" in text and "request_hazardous_action" in text, text
 
-            failed, text = await call(client, "store_memory", text="The spare key is in the blue pot by the shed",
-                                      site="kitchen")
-            assert not failed, text
+            for note in ("The dog is fed at six in the evening", "The spare key is in the blue pot by the shed",
+                         "The boiler is serviced every October"):
+                failed, text = await call(client, "store_memory", text=note, site="kitchen")
+                assert not failed, text
             failed, text = await call(client, "search_memory", query="where is the spare key")
             assert not failed, text
             hits = json.loads(text)
-            assert hits and hits[0]["text"] == "The spare key is in the blue pot by the shed", hits
+            assert hits[0]["text"] == "The spare key is in the blue pot by the shed", hits
 
             failed, text = await call(client, "routine_status")
             assert not failed and [j["name"] for j in json.loads(text)] == ["daily_health_check"], text

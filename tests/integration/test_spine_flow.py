@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from hub.config import Config
-from hub.spine import Inbound, Route
+from hub.spine import AlreadyHandled, Inbound, Route
 from tests.support.config import make_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import SpineEnv, TestClient, running_spine
@@ -202,3 +202,36 @@ async def test_a_failing_block_rolls_back_only_its_group_and_the_others_run_agai
             await asyncio.sleep(0.05)
     assert runs == {"a": 1, "b": 2}
     assert [e["correlation_id"] for e in await _events(db_dsn, "test.effect")] == ["b"]
+
+
+async def test_a_row_finished_elsewhere_meanwhile_commits_nothing(broker: Mosquitto, cfg: Config) -> None:
+    """Another instance finished the row while our block ran (its claim had expired): we roll back."""
+    outcome: list[str] = []
+
+    async def handler(msg: Inbound) -> None:
+        env = state["env"]
+        try:
+            async with env.spine.handling(msg) as conn:
+                await env.store.record_event("test.effect", actor="late", correlation_id="late", conn=conn)
+                other = await asyncpg.connect(cfg.database.url)
+                try:
+                    await other.execute("UPDATE inbox SET state = 'done' WHERE id = $1", msg.inbox_id)
+                finally:
+                    await other.close()
+        except AlreadyHandled:
+            outcome.append("already handled")
+            raise
+        outcome.append("committed")
+
+    state: dict[str, SpineEnv] = {}
+    route = Route(filter=f"test/{cfg.hub.id}/late", handler=handler, name="late")
+    async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
+        state["env"] = env
+        await c.publish(route.filter, b"x", user_properties=[("id", "late-1")])
+        for _ in range(200):
+            if outcome:
+                break
+            await asyncio.sleep(0.05)
+        assert env.sample("kitt_handler_errors_total", handler="late") == 0
+    assert outcome == ["already handled"]
+    assert await _events(cfg.database.url, "test.effect") == []
