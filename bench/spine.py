@@ -318,8 +318,8 @@ def run(quick: bool) -> dict[str, Any]:
         ("  loaded P99 ms", hub.median("p99_ms"), raw.median("p99_ms"), "-"),
         (f"P50 ms at {LATENCY_RATE_MSG_S:.0f} msg/s", r["hub_latency"]["p50_ms"], r["raw_latency"]["p50_ms"], "-"),
         (f"P99 ms at {LATENCY_RATE_MSG_S:.0f} msg/s", r["hub_latency"]["p99_ms"], r["raw_latency"]["p99_ms"], "-"),
-        ("CPU ms/request (responder)", hub_cpu, echo_cpu, "-"),
-        ("CPU ms/request (PostgreSQL)", db_cpu, "-", "-"),
+        ("CPU ms/request (responder)", round(hub_cpu, 3), round(echo_cpu, 3), "-"),
+        ("CPU ms/request (PostgreSQL)", round(db_cpu, 3), "-", "-"),
         ("hub / raw throughput", round(ratio, 3), 1.0, TARGET_RATIO),
     ])
     print(f"   rounds hub {figures['hub_msg_s_rounds']} raw {baseline['raw_pair_msg_s_rounds']}; "

@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 from gmqtt import Client, Message, Subscription
-from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
 from gmqtt.storage import PersistentStorage
 
 from hub.config import MqttSection
@@ -37,6 +37,9 @@ OnMessage = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
 
 # Packet ids the window leaves free for SUBSCRIBE/UNSUBSCRIBE (gmqtt draws them from the same pool).
 RESERVED_IDS = 3
+# gmqtt draws packet ids from 1 up to the broker's Receive Maximum; capped, so that a new process can
+# release every id its predecessor may have left at the broker (see ``_release_stale_packet_ids``).
+MAX_PACKET_IDS = 4096
 SUBACK_TIMEOUT_S = 10.0
 
 
@@ -199,6 +202,7 @@ class MqttConnection:
         self._connect_task: asyncio.Task[None] | None = None
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
+        self._connected_before = False
 
     @property
     def connected(self) -> bool:
@@ -298,7 +302,12 @@ class MqttConnection:
             connection._protocol._transport = wrapped
         # The broker's CONNACK value (gmqtt's ``properties`` merges our CONNECT values over it).
         recv_max = client._package_handler._connack_properties.get("receive_maximum") or [65535]
-        self.window.set_capacity(int(recv_max[0]))
+        ids = client._package_handler.id_generator
+        ids._max = min(ids._max, MAX_PACKET_IDS)
+        self.window.set_capacity(min(int(recv_max[0]), ids._max))
+        if session_present and not self._connected_before:
+            self._release_stale_packet_ids(client, ids._max)
+        self._connected_before = True
         self.window.changed(len(self._storage.get_all()))
         self._connected.set()
         log.info("MQTT connected", broker=self._settings.redacted_url(), session_present=bool(session_present),
@@ -307,6 +316,21 @@ class MqttConnection:
         # retained copy is replaced on the next connect anyway.
         client.publish(self._status_topic, b"online", qos=0, retain=True)
         self._spawn(self._on_connected(bool(session_present)), "kitt[mqtt].on_connected")
+
+    def _release_stale_packet_ids(self, client: Client, id_limit: int) -> None:
+        """First connect of this process to a kept session: end the QoS 2 handshakes of the process before.
+
+        The broker keeps, per session, the QoS 2 messages it received and acknowledged with PUBREC until the
+        PUBREL comes, and Mosquitto delivers them only then. A process that died in between never sends it;
+        its successor starts gmqtt's packet ids at 1 again, and a new PUBLISH reusing such an id would be
+        taken by the broker as a resend of the *old* message, and the new one lost. So before publishing
+        anything, send PUBREL for every id the old process may have used: the broker releases (delivers)
+        what it held — rows whose ``sent_at`` was not written and which the relay publishes again with the
+        same key — and answers PUBCOMP for ids it does not know.
+        """
+        for mid in range(1, id_limit):
+            client._connection.send_command_with_mid(MQTTCommands.PUBREL | 2, mid, False)
+        log.info("released packet ids left by a previous process", ids=id_limit - 1)
 
     def _handle_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         was = self._connected.is_set()
@@ -338,7 +362,10 @@ class MqttConnection:
         topics = {f for f, _ in filters}
         # gmqtt keeps every Subscription it ever sent; keep only the live ones (bounded across reconnects).
         client.subscriptions = [sub for sub in client.subscriptions if sub.topic not in topics]
-        mid = client.subscribe([Subscription(f, qos=q, no_local=not f.startswith("$share/")) for f, q in filters])
+        # Retain As Published: a message queued for us while we were away keeps its retain flag, so a
+        # retained command is recognised as one (routes with accept_retained=False never run it).
+        mid = client.subscribe([Subscription(f, qos=q, no_local=not f.startswith("$share/"), retain_as_published=True)
+                                for f, q in filters])
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = fut
         granted = await asyncio.wait_for(fut, SUBACK_TIMEOUT_S)

@@ -11,6 +11,7 @@ with the same ``id``: at-least-once towards the broker, exactly-once for a consu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -180,10 +181,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         next_poll = time.monotonic()
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # the poll interval passed: a wake-up like any other
                 await asyncio.wait_for(self._kick.wait(), max(0.0, next_poll - time.monotonic()))
-            except TimeoutError:
-                pass
             self._kick.clear()
             if time.monotonic() >= next_poll:
                 # Other instances' rows, rows whose claim expired, ours from before a restart.

@@ -30,6 +30,9 @@ class Route:
     dedupe_key: an application id for the message (redeliveries with the same key have no second effect).
     ordering_key: messages with the same key are handled one at a time, in arrival order.
     accept_retained: False for command topics: a retained message that looks like a command never runs.
+    grouped: how ``Spine.handling()`` blocks of this route commit. None (default): in shared group
+      transactions once its blocks have proved short (see ``hub.spine.txgroup``), else one transaction each;
+      True: always grouped; False: always one transaction per message (blocks that call the network).
     """
 
     filter: str
@@ -45,6 +48,7 @@ class Route:
     accept_retained: bool = True
     report_errors: bool = True
     owner: str = "hub"
+    grouped: bool | None = None
 
     def __post_init__(self) -> None:
         validate_filter(self.filter)

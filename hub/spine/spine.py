@@ -32,7 +32,7 @@ from hub.spine.inbox import Inbox, InboxRow
 from hub.spine.outbox import OutboxRelay, OutRow, encode_payload, enqueue
 from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id, parse_payload
 from hub.spine.topics import HubTopics
-from hub.spine.txgroup import Finished, GroupAborted, TransactionGroups
+from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups
 from hub.store import Store
 
 log = structlog.get_logger("kitt.spine")
@@ -46,6 +46,8 @@ MAX_ERROR_DETAIL = 300
 SLOTS_PER_WINDOW = 4
 # Runs of a handler whose grouped transaction was rolled back because of another message in the group.
 GROUP_ATTEMPTS = 3
+# Where the dispatcher leaves the route on ``Inbound.meta`` for ``handling()``.
+ROUTE_META = "kitt.route"
 
 
 class AlreadyHandled(SpineError):
@@ -81,6 +83,7 @@ class Spine:
         self._audit = AuditWriter(store=store)
         # A few lanes of grouped handler transactions; the rest of the pool stays for everything else.
         self._groups = TransactionGroups(store=store, lanes=max(1, min(4, config.database.pool_max // 3)))
+        self._group_policy = GroupPolicy()
         self.connection = MqttConnection(
             settings=config.mqtt,
             client_id=self._owner,
@@ -337,6 +340,7 @@ class Spine:
             if inbound.inbox_id is not None:
                 self._inbox.release(inbound.inbox_id)
             return
+        inbound.meta[ROUTE_META] = route
         try:
             for attempt in range(1, GROUP_ATTEMPTS + 1):
                 try:
@@ -422,22 +426,26 @@ class Spine:
     async def handling(self, inbound: Inbound) -> AsyncIterator[asyncpg.Connection]:
         """A transaction that also marks ``inbound``'s inbox row done: effects and done commit together.
 
-        The connection is inside a transaction shared with other messages' blocks (``txgroup``): keep the
-        block to database writes. It returns once the group has committed. ``AlreadyHandled`` (the row was
-        finished elsewhere) means nothing of the block was committed. If another block of the group fails,
-        this handler is run again by the spine. Nested ``conn.transaction()`` works (a savepoint).
+        Returns once committed. ``AlreadyHandled`` (the row was finished elsewhere) means nothing of the
+        block was committed. Keep the block to database writes through ``conn``: once a route's blocks have
+        proved short, its transaction is shared with other messages' blocks (``txgroup``); if another block
+        of that group fails, the spine runs this handler again. Nested ``conn.transaction()`` works.
         """
+        route: Route | None = inbound.meta.get(ROUTE_META)
+        name = route.name if route is not None else None
         row = inbound.inbox_id if not inbound.finished else None
+        grouped = self._group_policy.grouped(name, route.grouped if route is not None else False)
         block: _Block | None = None
-        token: contextvars.Token[_Block | None] | None = None
         try:
-            async with self._groups.block(row) as conn:
+            async with (self._groups.block(row) if grouped else self._solo(row)) as conn:
                 block = _Block(conn)
                 token = _current_block.set(block)
+                started = time.perf_counter()
                 try:
                     yield conn
                 finally:
                     _current_block.reset(token)
+                self._group_policy.record(name, time.perf_counter() - started)
         except BaseException as exc:
             # Rolled back: the rows this block wrote do not exist.
             if block is not None:
@@ -448,6 +456,14 @@ class Spine:
         inbound.finished = True
         if block is not None and block.rows:
             self.relay.submit(block.rows)
+
+    @asynccontextmanager
+    async def _solo(self, row: int | None) -> AsyncIterator[asyncpg.Connection]:
+        """One transaction for one block: the done mark first (a finished row stops the block at once)."""
+        async with self._store.transaction() as conn:
+            if row is not None and not await self._inbox.finish(row, conn=conn):
+                raise Finished(f"inbox row {row} already finished")
+            yield conn
 
     async def enqueue(self, conn: asyncpg.Connection, *, topic: str, payload: Any, key: str, qos: int = 2,
                       retain: bool = False, properties: dict[str, Any] | None = None,

@@ -19,14 +19,17 @@ gets ``GroupAborted``. The spine runs those handlers again (their rows are still
 A block's ``handling()`` returns only after the COMMIT, so nothing is published or acknowledged before it is
 durable. A nested ``conn.transaction()`` inside a block is a savepoint and works as usual.
 
-Keep blocks short: compute before ``handling()``, write inside it. A block that waits on the network holds
-its lane (the other lanes go on).
+Only short blocks are grouped: a block that waits on the network (an LLM call inside ``handling()``) would
+hold its lane and keep the blocks before it from committing. ``GroupPolicy`` watches each route's block
+times and sends a route to the lanes only while its recent blocks were all short (``Route.grouped``
+overrides it); other blocks get a transaction of their own, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,8 +49,30 @@ _FINISH_SQL = """UPDATE inbox SET state = 'done', finished_at = now(), attempts 
                  WHERE id = ANY($1::bigint[]) AND state = 'pending' RETURNING id"""  # $1 inbox ids
 
 
+# A route's blocks go to the lanes once this many in a row took at most SHORT_BLOCK_S each.
+SHORT_BLOCK_S = 0.05
+PROOF_BLOCKS = 8
+
+
+class GroupPolicy:
+    """Which blocks may share a transaction: by route, from how long its recent blocks took."""
+
+    def __init__(self) -> None:
+        self._recent: dict[str, deque[float]] = {}
+
+    def grouped(self, route: str | None, override: bool | None) -> bool:
+        if override is not None:
+            return override
+        recent = self._recent.get(route) if route is not None else None
+        return recent is not None and len(recent) == PROOF_BLOCKS and max(recent) <= SHORT_BLOCK_S
+
+    def record(self, route: str | None, seconds: float) -> None:
+        if route is not None:
+            self._recent.setdefault(route, deque(maxlen=PROOF_BLOCKS)).append(seconds)
+
+
 class Finished(KittError):
-    """The inbox row was already finished: the block must not run (its message was handled before)."""
+    """The inbox row was no longer pending (its message was handled elsewhere): nothing of the block committed."""
 
 
 class GroupAborted(StoreWriteError):

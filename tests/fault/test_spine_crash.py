@@ -75,13 +75,14 @@ async def test_sigkill_during_processing_loses_and_doubles_nothing(broker: Mosqu
                 return answered_at_kill
 
             _, answered_at_kill = await asyncio.gather(publish_all(), kill_and_restart())
-            await replies.wait_for(REQUESTS, 90)
-            answered_ids = {m.json()["id"] for m in replies.messages}
-            for _ in range(600):
-                if answered_ids >= ids:
+            for _ in range(900):
+                if {m.json()["id"] for m in replies.messages} >= ids:
                     break
                 await asyncio.sleep(0.1)
-                answered_ids = {m.json()["id"] for m in replies.messages}
+            else:
+                missing = sorted(ids - {m.json()["id"] for m in replies.messages})
+                raise AssertionError(f"{len(missing)} unanswered, e.g. {missing[:5]}; "
+                                     f"{await _where(db_dsn, missing)}\n{hub.log_tail(30)}")
             await replies.settle(1.0)
             raw_duplicates = check_replies(replies.messages, ids)
         assert hub.stop() == 0  # and a graceful stop at the end
@@ -100,3 +101,19 @@ async def test_sigkill_during_processing_loses_and_doubles_nothing(broker: Mosqu
     assert await db_value(db_dsn, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0
     print(f"\ncrash test: {KILLS} kills at {answered_at_kill} answered; raw duplicate reply deliveries "
           f"{raw_duplicates} (same key and bytes; at-least-once to the broker, exactly-once effects)")
+
+
+async def _where(dsn: str, missing: list[str]) -> str:
+    """Where the unanswered requests are: their inbox and outbox rows (for the failure message)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        inbox = await conn.fetch("""SELECT split_part(dedupe_key, '|', 3) AS id, state, claimed_by, claimed_until,
+                                           received_at, finished_at FROM inbox
+                                    WHERE split_part(dedupe_key, '|', 3) = ANY($1::text[])""", missing)
+        outbox = await conn.fetch("""SELECT correlation_id, sent_at, claimed_by, claimed_until, attempts FROM outbox
+                                     WHERE correlation_id = ANY($1::text[])""", missing)
+    finally:
+        await conn.close()
+    return f"inbox {[dict(r) for r in inbox]} outbox {[dict(r) for r in outbox]}"

@@ -121,8 +121,6 @@ async def test_retained_commands_at_start_are_not_executed_and_approve_runs_exac
                 ("approve_kitchen", True), ("approve_kitchen", False), ("cancel_bedroom", True)]
 
 
-@pytest.mark.xfail(strict=False, reason="needs Retain-As-Published on the spine's subscriptions: a retained "
-                                        "command queued in the hub's persistent session arrives with retain=0")
 async def test_retained_command_published_while_the_hub_is_down_is_not_executed(dsn: str, tmp_path: Path) -> None:
     cfg = config(dsn, tmp_path)
     base = f"kitt/{cfg['hub']['id']}/ha"

@@ -188,7 +188,7 @@ async def test_a_failing_block_rolls_back_only_its_group_and_the_others_run_agai
                 raise ValueError("a fails inside its block")
 
     state: dict[str, SpineEnv] = {}
-    route = Route(filter=f"test/{cfg.hub.id}/grp", handler=handler, name="grp")
+    route = Route(filter=f"test/{cfg.hub.id}/grp", handler=handler, name="grp", grouped=True)
     async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
         state["env"] = env
         await c.publish(route.filter, b"b", user_properties=[("id", "b")])
@@ -224,7 +224,7 @@ async def test_a_row_finished_elsewhere_meanwhile_commits_nothing(broker: Mosqui
         outcome.append("committed")
 
     state: dict[str, SpineEnv] = {}
-    route = Route(filter=f"test/{cfg.hub.id}/late", handler=handler, name="late")
+    route = Route(filter=f"test/{cfg.hub.id}/late", handler=handler, name="late", grouped=True)
     async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
         state["env"] = env
         await c.publish(route.filter, b"x", user_properties=[("id", "late-1")])
@@ -235,3 +235,34 @@ async def test_a_row_finished_elsewhere_meanwhile_commits_nothing(broker: Mosqui
         assert env.sample("kitt_handler_errors_total", handler="late") == 0
     assert outcome == ["already handled"]
     assert await _events(cfg.database.url, "test.effect") == []
+
+
+async def test_a_retained_command_queued_while_down_is_not_executed(broker: Mosquitto, cfg: Config) -> None:
+    """Retain As Published: the copy queued in the hub's session keeps its retain flag, so a command route
+    (accept_retained=False) rejects it instead of running it."""
+    ran: list[bytes] = []
+
+    async def handler(msg: Inbound) -> None:
+        ran.append(msg.payload)
+
+    route = Route(filter=f"test/{cfg.hub.id}/door/set", handler=handler, name="door", accept_retained=False, qos=1)
+    async with running_spine(cfg, routes=[route]):
+        pass  # the session and its subscription exist from now on
+    async with TestClient(broker.port) as c:
+        await c.publish(route.filter, b"UNLOCK", qos=1, retain=True)
+        try:
+            async with running_spine(cfg, routes=[route]) as env:
+                for _ in range(100):
+                    if env.sample("kitt_messages_rejected_total", reason="retained_command") >= 1:
+                        break
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.3)
+                assert env.sample("kitt_messages_rejected_total", reason="retained_command") >= 1
+                await c.publish(route.filter, b"LOCK", qos=1)  # a live command still runs
+                for _ in range(100):
+                    if ran:
+                        break
+                    await asyncio.sleep(0.05)
+        finally:
+            await c.publish(route.filter, b"", qos=1, retain=True)  # clear the retained message
+    assert ran == [b"LOCK"]

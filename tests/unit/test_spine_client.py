@@ -11,6 +11,7 @@ import pytest
 from hub.errors import SpineError
 from hub.spine.client import RESERVED_IDS, AckTrackingStorage, MqttConnection, OutboundWindow, _BackoffConfig
 from hub.spine.inbox import properties_from_json, properties_to_json
+from hub.spine.txgroup import PROOF_BLOCKS, SHORT_BLOCK_S, GroupPolicy
 from tests.support.config import make_config
 
 
@@ -88,3 +89,20 @@ def test_properties_survive_the_inbox_json() -> None:
     assert back["correlation_data"] == [b"\x00\xff"]
     assert [tuple(p) for p in back["user_property"]] == [("id", "1"), ("k", "v")]
     assert back["response_topic"] == ["r/t"]
+
+
+def test_group_policy_groups_a_route_only_after_its_blocks_proved_short() -> None:
+    policy = GroupPolicy()
+    assert not policy.grouped("ask", None)
+    for _ in range(PROOF_BLOCKS - 1):
+        policy.record("ask", 0.001)
+    assert not policy.grouped("ask", None)
+    policy.record("ask", 0.001)
+    assert policy.grouped("ask", None)
+    policy.record("ask", SHORT_BLOCK_S * 10)  # one slow block (a network call inside it): back to solo
+    assert not policy.grouped("ask", None)
+    for _ in range(PROOF_BLOCKS):
+        policy.record("ask", 0.001)
+    assert policy.grouped("ask", None)
+    assert policy.grouped("voice", True) and not policy.grouped("ask", False)
+    assert not policy.grouped(None, None)
