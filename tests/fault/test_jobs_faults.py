@@ -27,9 +27,9 @@ from typing import Any
 import asyncpg
 import pytest
 
-from hub.jobs.testing import create_database, drop_database, temp_database_sync
 from hub.metrics import Metrics
 from hub.store import Store
+from tests.support.db import create_database, drop_database, temp_database_sync
 
 pytestmark = pytest.mark.fault
 

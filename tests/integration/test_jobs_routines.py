@@ -19,9 +19,9 @@ from hub.jobs.routines import (
     task_execution_cycle,
     weekly_research_cycle,
 )
-from hub.jobs.testing import temp_database_sync
 from hub.metrics import Metrics
 from hub.store import Store
+from tests.support.db import temp_database_sync
 
 pytestmark = pytest.mark.integration
 

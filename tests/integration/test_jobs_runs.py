@@ -16,9 +16,9 @@ from hub.jobs.context import JobDeps, RoutineContext
 from hub.jobs.leases import acquire, fenced_transaction, job_lease_name
 from hub.jobs.runner import RunnerSettings, claim, execute, reap
 from hub.jobs.scheduler import sync_schedules
-from hub.jobs.testing import temp_database_sync
 from hub.metrics import Metrics
 from hub.store import Store
+from tests.support.db import temp_database_sync
 
 pytestmark = pytest.mark.integration
 

@@ -11,9 +11,9 @@ import pytest
 
 from hub.config import JobSection
 from hub.jobs.scheduler import sync_schedules, tick
-from hub.jobs.testing import temp_database_sync
 from hub.metrics import Metrics
 from hub.store import Store
+from tests.support.db import temp_database_sync
 
 pytestmark = pytest.mark.integration
 

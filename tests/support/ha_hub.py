@@ -14,19 +14,16 @@ from typing import Any
 from hub.app import Hub, wait_ready
 from hub.config import Config
 from tests.support.config import deep_merge, make_config_dict
-from tests.support.db import create_database, drop_database, dsn_for
+from tests.support.db import temp_database_sync
 
 HA_PLUGINS = ("handlers.homeassistant",)
 
 
 @contextmanager
 def module_database(prefix: str = "kitt_ha") -> Iterator[str]:
-    """A new database for one test module (each step on its own short event loop), dropped afterwards."""
-    name = asyncio.run(create_database(prefix))
-    try:
-        yield dsn_for(name)
-    finally:
-        asyncio.run(drop_database(name))
+    """A new database for one test module, dropped afterwards."""
+    with temp_database_sync(prefix) as dsn:
+        yield dsn
 
 
 def unique(prefix: str = "hatest") -> str:
