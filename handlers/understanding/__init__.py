@@ -57,6 +57,8 @@ class UnderstandingPlugin:
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.drain()
         if self._exemplars is not None:
             self._exemplars.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,7 @@ semantic cache in front) for anything else.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ class Understander:
         self._registry = pipeline.registry
         self._frontier = frontier
         self._sites = set(ctx.config.voice.sites)
+        self._memory_tasks: set[asyncio.Task[None]] = set()
 
     # --- helpers ------------------------------------------------------------------------------------
 
@@ -83,7 +85,44 @@ class Understander:
 
     async def act(self, understanding: Understanding, *, principal: Principal, request_id: str,
                   conn: asyncpg.Connection | None = None) -> Outcome:
-        u = understanding
+        started = time.perf_counter()
+        outcome = await self._route(understanding, principal=principal, request_id=request_id, conn=conn)
+        # One audit event per request (the research routine counts intents, routes and latency from it).
+        body = {"intent": understanding.intent, "route": outcome.route, "source": understanding.source,
+                "confidence": round(understanding.confidence, 3),
+                "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        await self._ctx.store.record_event("intent.recognized", actor="understanding", subject=principal.label,
+                                           correlation_id=request_id, body=body, conn=conn)
+        self._remember(understanding.text, outcome, principal)
+        return outcome
+
+    def _remember(self, text: str, outcome: Outcome, principal: Principal) -> None:
+        """Store the turn in vector memory, off the request's path (its embedding is the LRU's by now)."""
+        memory = self._ctx.services.memory
+        if memory is None or outcome.route in ("refused",):
+            return
+        task = asyncio.create_task(self._remember_turn(memory, text, outcome, principal),
+                                   name="kitt[understanding].remember")
+        self._memory_tasks.add(task)
+        task.add_done_callback(self._memory_tasks.discard)
+
+    async def _remember_turn(self, memory: Any, text: str, outcome: Outcome, principal: Principal) -> None:
+        vector = await self._vector(text)
+        if vector is None:
+            return
+        try:
+            await memory.remember(f"{text} → {outcome.text}", vector, site=principal.site or "-",
+                                  user=principal.user)
+        except Exception as exc:  # memory is derived and rebuildable; a failed upsert never fails a request
+            self._ctx.log.warning("memory upsert failed", error=str(exc))
+
+    async def drain(self) -> None:
+        """Wait for memory writes still running (plugin stop)."""
+        if self._memory_tasks:
+            await asyncio.gather(*self._memory_tasks, return_exceptions=True)
+
+    async def _route(self, u: Understanding, *, principal: Principal, request_id: str,
+                     conn: asyncpg.Connection | None) -> Outcome:
         if u.intent in STATE_INTENTS:
             return self._answer_state(u)
         if u.intent in CONFIRM_INTENTS:
