@@ -44,7 +44,7 @@ async def start_all(hub: Hub) -> None:
             await vectors.start()
             memory = MemoryStore(store=vectors, dim=embedder.dim)
             await memory.start()
-            hub.services.memory = memory
+            hub.services.extra["vector_memory"] = memory
             cache = SemanticCache(backend=make_backend(redis_url=cfg.redis.url, max_entries=cfg.cache.max_entries,
                                                        ttl_s=cfg.cache.ttl_s, prefix=f"kitt:{cfg.hub.id}:cache:"),
                                   vectors=vectors, metrics=hub.metrics, threshold=cfg.cache.threshold,
@@ -67,8 +67,12 @@ async def start_all(hub: Hub) -> None:
 
 
 async def before_plugins(hub: Hub) -> None:
-    """Kernel services that plugins use from their start(): confirmations."""
+    """Kernel services that plugins use from their start(): memory (write-through), confirmations."""
     from hub.confirmations import ConfirmationService
+    from hub.memory import Memory
+
+    if (vector_memory := hub.services.extra.get("vector_memory")) is not None and hub.store is not None:
+        hub.services.memory = Memory(store=hub.store, vectors=vector_memory)
 
     assert hub.store is not None and hub.spine is not None
     spine = hub.spine

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "hub.cli.admin",
     "hub.cli.simulate",
     "hub.cli.mcp_cmd",
+    "hub.cli.vectors",
 )
 
 
