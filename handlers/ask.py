@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.plugins import PluginContext
 from hub.spine import Inbound, Route
+from hub.tracing import bind_correlation, span
 
 
 class AskRequest(BaseModel):
@@ -51,11 +52,22 @@ class AskHandler:
 
     async def handle(self, msg: Inbound) -> None:
         req: AskRequest = msg.data
+        # Every log line and span of this request carries its id (request → understand → act → reply).
+        with bind_correlation(req.id), span("request", route="ask", site=req.site):
+            await self._handle(msg, req)
+
+    async def _handle(self, msg: Inbound, req: AskRequest) -> None:
         started = time.perf_counter()
         result = await self._answer(req)
         spine = self._ctx.spine
         topic, props = spine.reply_target(msg, req.site)
         reply = {"id": req.id, "site": req.site, **result}
+        with span("reply"):
+            await self._reply(msg, req, topic, props, reply, result, started)
+
+    async def _reply(self, msg: Inbound, req: AskRequest, topic: str, props: dict[str, Any], reply: dict[str, Any],
+                     result: dict[str, Any], started: float) -> None:
+        spine = self._ctx.spine
         async with spine.handling(msg) as conn:
             await spine.enqueue(conn, topic=topic, payload=reply, key=f"reply:{msg.dedupe_key}",
                                 properties=props, correlation_id=req.id)

@@ -23,6 +23,7 @@ from hub.contracts import ConfirmationError, DeviceAction, Outcome, Principal, U
 from hub.frontier import FrontierClient, FrontierError
 from hub.mcp.answer import answer_by_match, answer_tool_calls
 from hub.plugins import PluginContext
+from hub.tracing import span
 
 CANT = "I can't do that yet."
 SYSTEM_PROMPT = ("You are KITT, the voice of a house. Answer briefly, in one or two spoken sentences. "
@@ -78,15 +79,21 @@ class Understander:
 
     async def understand(self, text: str, *, site: str | None = None,
                          intent_filter: tuple[str, ...] | None = None) -> Understanding:
-        return await self._pipeline.understand(text, area=self._site_area(site), vector=self._vector,
-                                               intent_filter=intent_filter)
+        with span("understand") as s:
+            u = await self._pipeline.understand(text, area=self._site_area(site), vector=self._vector,
+                                                intent_filter=intent_filter)
+            s.set_attribute("kitt.intent", u.intent)
+            s.set_attribute("kitt.source", u.source)
+        return u
 
     # --- act ------------------------------------------------------------------------------------------
 
     async def act(self, understanding: Understanding, *, principal: Principal, request_id: str,
                   conn: asyncpg.Connection | None = None) -> Outcome:
         started = time.perf_counter()
-        outcome = await self._route(understanding, principal=principal, request_id=request_id, conn=conn)
+        with span("act", intent=understanding.intent) as s:
+            outcome = await self._route(understanding, principal=principal, request_id=request_id, conn=conn)
+            s.set_attribute("kitt.route", outcome.route)
         # One audit event per request (the research routine counts intents, routes and latency from it).
         body = {"intent": understanding.intent, "route": outcome.route, "source": understanding.source,
                 "confidence": round(understanding.confidence, 3),
