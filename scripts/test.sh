@@ -8,7 +8,7 @@ VENV=${KITT_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then python3 -m venv "$VENV"; fi
 stamp="$VENV/.kitt-test-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test]" && touch "$stamp"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -e ".[test,otel]" && touch "$stamp"
 fi
 
 bash scripts/services.sh
