@@ -151,6 +151,18 @@ async def _start_jobs(hub: Hub) -> None:
     hub.services.jobs = jobs
     hub.push_stop(jobs.stop)
 
+    async def jobs_health() -> bool | str:
+        health = await jobs.health()
+        if health["ok"]:
+            return True
+        late = [str(j["job"]) for j in health["overdue"]]
+        dead = [n for n, state in health["loops"].items() if state != "running"]
+        return "; ".join(filter(None, [f"no success within twice the period: {', '.join(late)}" if late else "",
+                                       f"job loops stopped: {', '.join(dead)}" if dead else ""]))
+
+    # Reported by /readyz and `kitt-hub status`, not a readiness gate: a late routine must not take the hub down.
+    hub.readiness.add("jobs", jobs_health, required=False)
+
 
 async def _hazard_gate(hub: Hub, task: Any) -> str:
     """A hazardous task never runs on its own: it opens (once per task) a confirmation a person must approve."""

@@ -285,3 +285,21 @@ async def test_a_stale_routine_cannot_write_its_report(store: Store) -> None:
     with pytest.raises(StaleLeaseError):
         await daily_health_check(ctx)
     assert await store.fetchval("SELECT count(*) FROM events WHERE kind = 'job.health_report'") == 0
+
+
+async def test_a_job_late_by_twice_its_period_shows_in_readiness(db_dsn: str, tmp_path) -> None:
+    """The kernel reports overdue routines on /readyz (not a gate) once they miss twice their period."""
+    from hub.app import Hub, wait_ready
+    from tests.support.config import make_config
+
+    config = make_config(dsn=db_dsn, state_dir=tmp_path, plugins=(),
+                         jobs={"tick": {"schedule": "every 1s", "enabled": True}})
+    async with Hub(config) as hub:
+        assert await wait_ready(hub, timeout=30)
+        # Pretend the job was created long ago and never succeeded.
+        await hub.store.write("UPDATE schedules SET created_at = now() - interval '1 hour'")
+        await hub.store.write("UPDATE job_runs SET status = 'dead' WHERE status = 'succeeded'")
+        ready, checks = await hub.readiness.evaluate()
+        jobs = next(c for c in checks if c.name == "jobs")
+        assert ready  # the hub stays ready
+        assert not jobs.ok and "tick" in jobs.reason and not jobs.required
