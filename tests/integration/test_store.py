@@ -86,3 +86,25 @@ async def test_a_connection_broken_mid_write_reaches_the_caller_and_the_metric(d
     finally:
         await admin.close()
         await store.stop()
+
+
+def test_two_hubs_starting_together_on_one_database_migrate_once(db_dsn: str, tmp_path) -> None:
+    from tests.support.config import make_config_dict
+    from tests.support.hubproc import HubProcess
+
+    hubs = [HubProcess(make_config_dict(dsn=db_dsn, state_dir=tmp_path / f"h{i}", plugins=("handlers.ask",),
+                                        hub={"log_level": "info"}), tmp_path / f"h{i}", name=f"hub{i}")
+            for i in range(2)]
+    try:
+        for hub in hubs:
+            hub.start(wait_ready=False)
+        for hub in hubs:
+            hub.wait_ready(90)
+        logs = [hub.log_path.read_text() for hub in hubs]
+    finally:
+        for hub in hubs:
+            hub.stop()
+    versions = [m.version for m in discover()]
+    applied = sum(log.count("migration applied") for log in logs)
+    assert applied == len(versions), logs  # every migration once, by one of the two
+    assert sum(1 for log in logs if "migration applied" in log) == 1
