@@ -112,8 +112,10 @@ async def test_misfire_all_is_capped(store: Store) -> None:
 
 async def test_misfire_skip_drops_a_late_tick(store: Store) -> None:
     await sync_schedules(store, {"s": JobSection(schedule="every 1h", misfire="skip")})
-    await store.write("UPDATE schedules SET next_run_at = next_run_at - interval '3 hours'")
-    result = await tick(store, misfire_grace_s=60)
+    # Three due ticks (two hours ago, one hour ago, this hour), the latest late by the time since the hour: with
+    # a grace shorter than that, 'skip' runs none. (Relative to the hour, so the test holds at any minute.)
+    await store.write("UPDATE schedules SET next_run_at = date_trunc('hour', now()) - interval '2 hours'")
+    result = await tick(store, misfire_grace_s=0.001)
     assert (result.inserted, result.missed) == (0, 3)
 
 
