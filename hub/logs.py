@@ -20,6 +20,17 @@ def _redact_secrets(_: object, __: str, event: dict[str, object]) -> dict[str, o
     return event
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now, not the object that was there when logging was configured
+    (a replaced or closed stream — a test's capture, a daemon's redirect — must not break every later log call)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(*, level: str = "info", fmt: str = "console") -> None:
     renderer: structlog.types.Processor
     if fmt == "json":
@@ -40,10 +51,10 @@ def configure_logging(*, level: str = "info", fmt: str = "console") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     # Libraries that use stdlib logging (gmqtt, asyncpg, aiohttp) go to stderr at warning and above.
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr,
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr(),  # type: ignore[arg-type]
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("gmqtt").setLevel(logging.ERROR)

@@ -89,12 +89,24 @@ def server(timeout_s: float = 2.0) -> McpServer:
     return McpServer(command=("unused",), timeout_s=timeout_s)
 
 
+_OPEN_ROUTES: list[ToolRoute] = []
+
+
+@pytest.fixture(autouse=True)
+async def _stop_routes() -> AsyncIterator[None]:
+    """A route whose test failed before ``stop()`` must not keep reconnecting (and logging) after the test."""
+    yield
+    while _OPEN_ROUTES:
+        await _OPEN_ROUTES.pop().stop()
+
+
 def route_for(plan: dict[str, list[Any]], *, reserved: tuple[str, ...] = (), timeout_s: float = 2.0,
               metrics: Metrics | None = None) -> tuple[ToolRoute, Factory, Audit]:
     factory, audit = Factory(plan), Audit()
     route = ToolRoute({name: server(timeout_s) for name in plan}, audit=audit, reserved=reserved,
                       client_factory=factory, backoff_base_s=0.001, backoff_cap_s=0.01,
                       metrics=McpMetrics(metrics) if metrics is not None else None)
+    _OPEN_ROUTES.append(route)
     return route, factory, audit
 
 
