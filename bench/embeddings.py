@@ -96,23 +96,21 @@ def run(quick: bool) -> dict[str, Any]:
         "short_sentence": SHORT,
         "tokens": int(tok([SHORT])["input_ids"].shape[1]),
     }
-    baseline: dict[str, Any] = {}
+    # The old way (every input padded to 128 tokens) is always measured; the fp32 graph when the export extra
+    # can build it here (torch), else it is reported as not measured.
+    baseline: dict[str, Any] = {
+        "padded_to_128_int8": latency_ms(int8, {k: np.pad(v, ((0, 0), (0, 128 - v.shape[1])))
+                                               for k, v in tok([SHORT]).items()}, n // 3),
+    }
     fp32_path = ensure_fp32()
     if fp32_path is not None:
         fp32 = make_session(fp32_path, threads=1)
-        baseline = {
-            "fp32_short": latency_ms(fp32, tok([SHORT]), n),
-            "fp32_fixture_sentences": per_sentence_ms(fp32, tok, sentences),
-            "padded_to_128_int8": latency_ms(int8, {k: np.pad(v, ((0, 0), (0, 128 - v.shape[1])))
-                                                   for k, v in tok([SHORT]).items()}, n // 3),
-        }
-    ratio = {}
-    if baseline:
-        ratio = {
-            "fp32_over_int8_p50": round(baseline["fp32_short"]["p50_ms"] / figures["int8_short"]["p50_ms"], 2),
-            "padded128_over_longest_p50": round(
-                baseline["padded_to_128_int8"]["p50_ms"] / figures["int8_short"]["p50_ms"], 2),
-        }
+        baseline["fp32_short"] = latency_ms(fp32, tok([SHORT]), n)
+        baseline["fp32_fixture_sentences"] = per_sentence_ms(fp32, tok, sentences)
+    int8_p50 = figures["int8_short"]["p50_ms"]
+    ratio = {"padded128_over_longest_p50": round(baseline["padded_to_128_int8"]["p50_ms"] / int8_p50, 2)}
+    if "fp32_short" in baseline:
+        ratio["fp32_over_int8_p50"] = round(baseline["fp32_short"]["p50_ms"] / int8_p50, 2)
     target = {"int8_p50_ms_max": 1.0, "met": figures["int8_short"]["p50_ms"] <= 1.0,
               "accuracy_mean_min": 0.99, "accuracy_min_min": 0.97,
               "accuracy_met": figures["int8_accuracy_vs_fp32"]["mean"] >= 0.99
@@ -122,11 +120,13 @@ def run(quick: bool) -> dict[str, Any]:
     print(f"  int8 short command               {short['p50_ms']:8.3f}  {short['p99_ms']:8.3f}")
     print(f"  int8 via Embedder.embed          {figures['int8_embedder_async']['p50_ms']:8.3f}  "
           f"{figures['int8_embedder_async']['p99_ms']:8.3f}")
-    if baseline:
+    if "fp32_short" in baseline:
         print(f"  fp32 short command               {baseline['fp32_short']['p50_ms']:8.3f}  "
               f"{baseline['fp32_short']['p99_ms']:8.3f}")
-        print(f"  int8 padded to 128 (old way)     {baseline['padded_to_128_int8']['p50_ms']:8.3f}  "
-              f"{baseline['padded_to_128_int8']['p99_ms']:8.3f}")
+    else:
+        print("  fp32 short command               not measured (needs the export extra to build the fp32 graph)")
+    print(f"  int8 padded to 128 (old way)     {baseline['padded_to_128_int8']['p50_ms']:8.3f}  "
+          f"{baseline['padded_to_128_int8']['p99_ms']:8.3f}")
     acc = figures["int8_accuracy_vs_fp32"]
     print(f"  int8 vs fp32 cosine over {len(sentences)} sentences: mean {acc['mean']:.4f}, min {acc['min']:.4f}")
     return {"figures": figures, "baseline": baseline, "ratio": ratio, "target": target}

@@ -9,7 +9,6 @@ and dropped.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 from typing import Any
 
@@ -18,7 +17,6 @@ from hub.jobs import JobService
 from hub.jobs.context import JobDeps, RoutineContext
 from hub.jobs.leases import acquire
 from hub.jobs.tasks import TaskExecutor, default_actions
-from hub.jobs.testing import DEFAULT_ADMIN_DSN, temp_database
 from hub.metrics import Metrics
 from hub.store import Store
 
@@ -84,8 +82,9 @@ def _pct(values: list[float], p: float) -> float:
 
 
 async def _run(quick: bool) -> dict[str, Any]:
-    admin = os.environ.get("KITT_BENCH_PG", DEFAULT_ADMIN_DSN)
-    async with temp_database(admin, prefix="kitt_bench") as dsn:
+    from tests.support.db import temporary_database  # a throwaway database on the configured PostgreSQL
+
+    async with temporary_database(prefix="kitt_bench") as dsn:
         store = Store(dsn=dsn, metrics=Metrics(), pool_min=4, pool_max=32)
         await store.start()
         try:
