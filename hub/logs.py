@@ -52,7 +52,8 @@ def configure_logging(*, level: str = "info", fmt: str = "console") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # Not cached: a reconfiguration (tests, a CLI command run in-process) reaches every logger.
+        cache_logger_on_first_use=False,
     )
     # Libraries that use stdlib logging (gmqtt, asyncpg, aiohttp) go to stderr at warning and above.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=_CurrentStderr(),  # type: ignore[arg-type]

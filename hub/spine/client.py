@@ -12,6 +12,12 @@ Four things gmqtt leaves to us, done here:
   exponential delay with jitter;
 - SUBACK: ``subscribe()`` waits for it and raises when the broker refused a filter;
 - write coalescing: the packets of one event-loop turn leave in one syscall (``_CoalescingTransport``).
+
+And one thing for the outbox's exactly-once relay (docs/spine.md, "Packet ids on the outbox rows"): packet
+ids the relay chooses and persists before publishing (``allocate_mids``/``publish_with_mid``), a hook that
+lets it persist "released" before the PUBREL leaves (``set_pubrec_hook``), ids held until the row's
+``sent_at`` is committed (``free_mids``), and the handshakes of the previous process finished where they
+stopped (``resume``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl as ssl_module
+import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import structlog
 from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.constants import MQTTCommands, MQTTv50
+from gmqtt.mqtt.package import CommandWithMidPacket, PublishPacket
 from gmqtt.storage import PersistentStorage
 
 from hub.config import MqttSection
@@ -34,11 +44,13 @@ from hub.spine.topics import validate_publish_topic
 log = structlog.get_logger("kitt.spine.client")
 
 OnMessage = Callable[[str, bytes, int, dict[str, Any]], Awaitable[int]]
+# Called with a PUBREC's mid and a function that sends its PUBREL; True: the hook sends it later.
+PubrecHook = Callable[[int, Callable[[], None]], bool]
 
 # Packet ids the window leaves free for SUBSCRIBE/UNSUBSCRIBE (gmqtt draws them from the same pool).
 RESERVED_IDS = 3
 # gmqtt draws packet ids from 1 up to the broker's Receive Maximum; capped, so that a new process can
-# release every id its predecessor may have left at the broker (see ``_release_stale_packet_ids``).
+# release every id its predecessor may have left at the broker (see ``_finish_previous_session``).
 MAX_PACKET_IDS = 4096
 SUBACK_TIMEOUT_S = 10.0
 
@@ -96,11 +108,21 @@ class AckTrackingStorage(PersistentStorage):
         self.last_mid: int | None = None
         self._window = window
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        # Ids taken by the outbox relay that are not in the store: chosen but not yet published, or
+        # acknowledged but their row's sent_at not yet committed. They count against the window like the
+        # stored ones, because gmqtt cannot hand them out either.
+        self.reserved: set[int] = set()
+
+    def count(self) -> int:
+        return len(self._messages) + len(self.reserved)
 
     def push_message(self, mid: int, raw_package: bytes) -> None:
         super().push_message(mid, raw_package)
         self.last_mid = mid
-        self._window.changed(len(self._messages))
+        self._window.changed(self.count())
+
+    def reserved_changed(self) -> None:
+        self._window.changed(self.count())
 
     def waiter(self, mid: int) -> asyncio.Future[None]:
         fut = self._waiters.get(mid)
@@ -111,7 +133,7 @@ class AckTrackingStorage(PersistentStorage):
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
-        self._window.changed(len(self._messages))
+        self._window.changed(self.count())
         fut = self._waiters.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
@@ -119,7 +141,7 @@ class AckTrackingStorage(PersistentStorage):
     def clear(self) -> None:
         # The broker did not keep the session: whatever was in flight must be sent again by its owner.
         super().clear()
-        self._window.changed(0)
+        self._window.changed(self.count())
         waiters, self._waiters = self._waiters, {}
         for fut in waiters.values():
             if not fut.done():
@@ -174,6 +196,35 @@ class _BackoffConfig(dict[str, Any]):
         return super().__getitem__(key)
 
 
+@dataclass(frozen=True)
+class HeldPublish:
+    """A QoS 2 publish of this client id's previous process whose handshake the new process finishes.
+
+    ``released``: the PUBREL may have left (send it again); else the broker has at most the PUBLISH (send
+    it again with the same packet id and DUP: a broker that holds it answers PUBREC and delivers nothing).
+    """
+
+    mid: int
+    released: bool
+    message: Message
+
+
+class _FixedMid:
+    """Stands in for gmqtt's id generator while one PUBLISH is built with a packet id chosen before."""
+
+    def __init__(self, mid: int) -> None:
+        self._mid = mid
+
+    def next_id(self) -> int:
+        return self._mid
+
+
+def build_publish(message: Message, mid: int) -> bytes:
+    """The PUBLISH packet gmqtt would build for ``message``, but with packet id ``mid``."""
+    _mid, packet = PublishPacket.build_package(message, SimpleNamespace(proto_ver=MQTTv50, id_generator=_FixedMid(mid)))
+    return bytes(packet)
+
+
 class MqttConnection:
     """Owns one gmqtt client. ``on_message`` must return a reason code (0 = accepted)."""
 
@@ -203,6 +254,10 @@ class MqttConnection:
         self._callback_tasks: set[asyncio.Task[None]] = set()
         self._subacks: dict[int, asyncio.Future[list[int]]] = {}
         self._connected_before = False
+        self._pubrec_hook: PubrecHook | None = None
+        self._held: list[HeldPublish] = []
+        # Mids of the relay's rows: after PUBCOMP they stay taken until the relay frees them (sent_at committed).
+        self._durable: set[int] = set()
 
     @property
     def connected(self) -> bool:
@@ -236,7 +291,114 @@ class MqttConnection:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_subscribe = self._handle_suback
+        self._wrap_handler(client)
         return client
+
+    def _wrap_handler(self, client: Client) -> None:
+        """Route PUBREC and PUBCOMP of the relay's mids through us (gmqtt looks handlers up by name per instance).
+
+        PUBREC: the relay persists ``released`` before the PUBREL goes out, so a successor knows whether the
+        broker may have finished the handshake. PUBCOMP: the id stays taken until the row's ``sent_at`` is
+        committed, so no other row is published under it while the database still says "in flight".
+        """
+        handler = client._package_handler
+        on_pubrec = handler._handle_pubrec_packet
+        on_pubcomp = handler._handle_pubcomp_packet
+
+        def pubrec(cmd: int, packet: bytes) -> None:
+            (mid,) = struct.unpack("!H", packet[:2])
+            reason = packet[2] if len(packet) > 2 else 0
+            hook = self._pubrec_hook
+            if reason < 0x80 and hook is not None and mid in self._durable:
+                connection = client._connection
+
+                def finish() -> None:
+                    # After a reconnect gmqtt replays the stored PUBLISH and the broker answers PUBREC again;
+                    # that one gets its own PUBREL. A PUBREL on a dead connection would be lost anyway.
+                    if client._connection is connection and connection is not None and not connection.is_closing():
+                        on_pubrec(cmd, packet)
+
+                if hook(mid, finish):
+                    return
+            on_pubrec(cmd, packet)
+            if reason >= 0x80:
+                hold(mid)  # refused: gmqtt ended the flow and freed the id; the row is recorded like a PUBCOMP
+
+        def pubcomp(cmd: int, packet: bytes) -> None:
+            on_pubcomp(cmd, packet)
+            (mid,) = struct.unpack("!H", packet[:2])
+            hold(mid)
+
+        def hold(mid: int) -> None:
+            if mid in self._durable:
+                handler.id_generator._used_ids.add(mid)
+                self._storage.reserved.add(mid)
+                self._storage.reserved_changed()
+
+        handler._handle_pubrec_packet = pubrec
+        handler._handle_pubcomp_packet = pubcomp
+        handler._handler_cache.clear()
+
+    def set_pubrec_hook(self, hook: PubrecHook | None) -> None:
+        self._pubrec_hook = hook
+
+    def resume(self, held: list[HeldPublish]) -> dict[int, asyncio.Future[None]]:
+        """Before the first connect: handshakes of the previous process to finish; futures resolve on PUBCOMP.
+
+        If the broker did not keep the session, the futures fail (gmqtt clears the store) and the rows are
+        published afresh.
+        """
+        self._held = list(held)
+        futures: dict[int, asyncio.Future[None]] = {}
+        for item in held:
+            self._durable.add(item.mid)
+            futures[item.mid] = self._storage.waiter(item.mid)
+        return futures
+
+    def allocate_mids(self, count: int) -> list[int]:
+        """Take up to ``count`` packet ids from gmqtt's pool for the relay (fewer when the pool runs out)."""
+        client = self._client
+        if client is None or not self.connected:
+            return []
+        ids = client._package_handler.id_generator
+        mids: list[int] = []
+        for _ in range(count):
+            try:
+                mids.append(ids.next_id())
+            except OverflowError:
+                break
+        self._durable.update(mids)
+        self._storage.reserved.update(mids)
+        self._storage.reserved_changed()
+        return mids
+
+    def free_mids(self, mids: list[int]) -> None:
+        """The relay is done with these ids (row marked sent, or never published): gmqtt may reuse them."""
+        client = self._client
+        for mid in mids:
+            self._durable.discard(mid)
+            self._storage.reserved.discard(mid)
+            if client is not None and mid not in self._storage._messages:
+                client._package_handler.id_generator.free_id(mid)
+        self._storage.reserved_changed()
+
+    def publish_with_mid(self, mid: int, message: Message) -> asyncio.Future[None]:
+        """Publish a QoS 2 message under an id from ``allocate_mids``; the future resolves on PUBCOMP.
+
+        Stored like ``Client.publish`` stores, so gmqtt resends it on a reconnect with the session kept, and
+        the store is cleared (the future fails) when the broker lost the session.
+        """
+        client = self._client
+        if client is None:
+            raise SpineError("not connected")
+        packet = build_publish(message, mid)
+        fut = self._storage.waiter(mid)
+        self._storage.reserved.discard(mid)
+        self._storage.push_message(mid, packet)
+        if self.connected:
+            client._connection.send_package(packet)
+        # else: not reconnected yet; gmqtt replays the store right after the CONNACK
+        return fut
 
     def _ssl(self) -> ssl_module.SSLContext | bool:
         if not self._settings.tls:
@@ -305,10 +467,15 @@ class MqttConnection:
         ids = client._package_handler.id_generator
         ids._max = min(ids._max, MAX_PACKET_IDS)
         self.window.set_capacity(min(int(recv_max[0]), ids._max))
-        if session_present and not self._connected_before:
-            self._release_stale_packet_ids(client, ids._max)
+        if not session_present:
+            # The broker has no handshake of ours: only the relay's chosen, not yet published ids stay taken
+            # (gmqtt frees none of the ids whose store it just cleared).
+            ids._used_ids &= self._storage.reserved
+        elif not self._connected_before:
+            self._finish_previous_session(client, ids._max)
+        self._held = []
         self._connected_before = True
-        self.window.changed(len(self._storage.get_all()))
+        self.window.changed(self._storage.count())
         self._connected.set()
         log.info("MQTT connected", broker=self._settings.redacted_url(), session_present=bool(session_present),
                  client_id=self._client_id, window=self.window.capacity)
@@ -317,20 +484,35 @@ class MqttConnection:
         client.publish(self._status_topic, b"online", qos=0, retain=True)
         self._spawn(self._on_connected(bool(session_present)), "kitt[mqtt].on_connected")
 
-    def _release_stale_packet_ids(self, client: Client, id_limit: int) -> None:
-        """First connect of this process to a kept session: end the QoS 2 handshakes of the process before.
+    def _finish_previous_session(self, client: Client, id_limit: int) -> None:
+        """First connect of this process to a kept session: finish the QoS 2 handshakes of the process before.
 
         The broker keeps, per session, the QoS 2 messages it received and acknowledged with PUBREC until the
-        PUBREL comes, and Mosquitto delivers them only then. A process that died in between never sends it;
-        its successor starts gmqtt's packet ids at 1 again, and a new PUBLISH reusing such an id would be
-        taken by the broker as a resend of the *old* message, and the new one lost. So before publishing
-        anything, send PUBREL for every id the old process may have used: the broker releases (delivers)
-        what it held — rows whose ``sent_at`` was not written and which the relay publishes again with the
-        same key — and answers PUBCOMP for ids it does not know.
+        PUBREL comes, and Mosquitto delivers them only then. A process that died in between never sends it.
+        - Outbox rows carry their packet id and whether their PUBREL may have left (``HeldPublish``): a
+          released one gets its PUBREL again (the broker delivers if it still holds it, else answers PUBCOMP),
+          an unreleased one its PUBLISH again with the same id and DUP (a broker holding it answers PUBREC
+          without delivering; one that never got it takes it as new). Either way: one delivery.
+        - Every other id gets a PUBREL: those handshakes are direct, non-durable publishes. Leaving them held
+          would be worse than delivering them: a new PUBLISH reusing such an id would be taken by the broker
+          as a resend of the *old* message, and the new one lost.
+        Everything goes into gmqtt's store with its id taken, and gmqtt's replay (which runs right after this
+        callback) sends it: no id is reused before its PUBCOMP, and a drop before then replays it again.
         """
-        for mid in range(1, id_limit):
-            client._connection.send_command_with_mid(MQTTCommands.PUBREL | 2, mid, False)
-        log.info("released packet ids left by a previous process", ids=id_limit - 1)
+        ids = client._package_handler.id_generator
+        held = {item.mid: item for item in self._held}
+        for mid in sorted(set(range(1, id_limit)) | set(held)):
+            item = held.get(mid)
+            if item is not None and not item.released:
+                message = item.message
+                message.dup = True
+                packet = build_publish(message, mid)
+            else:
+                packet = CommandWithMidPacket.build_package(MQTTCommands.PUBREL | 2, mid, False, proto_ver=MQTTv50)
+            ids._used_ids.add(mid)
+            self._storage.push_message(mid, packet)
+        log.info("finishing the QoS 2 handshakes of the previous process", outbox_rows=len(held),
+                 other_ids=id_limit - 1 - len(held.keys() & set(range(1, id_limit))))
 
     def _handle_disconnect(self, client: Client, packet: Any, exc: Any = None) -> None:
         was = self._connected.is_set()
@@ -364,8 +546,21 @@ class MqttConnection:
         client.subscriptions = [sub for sub in client.subscriptions if sub.topic not in topics]
         # Retain As Published: a message queued for us while we were away keeps its retain flag, so a
         # retained command is recognised as one (routes with accept_retained=False never run it).
-        mid = client.subscribe([Subscription(f, qos=q, no_local=not f.startswith("$share/"), retain_as_published=True)
-                                for f, q in filters])
+        subs = [Subscription(f, qos=q, no_local=not f.startswith("$share/"), retain_as_published=True)
+                for f, q in filters]
+        deadline = asyncio.get_running_loop().time() + SUBACK_TIMEOUT_S
+        while True:
+            try:
+                mid = client.subscribe(subs)
+                break
+            except OverflowError:
+                # Every packet id is taken: right after a restart the previous process's handshakes hold them
+                # all until their PUBCOMPs come back (milliseconds). gmqtt added the subscriptions before it
+                # failed to get an id: drop them again before the retry.
+                client.subscriptions = [sub for sub in client.subscriptions if sub.topic not in topics]
+                if asyncio.get_running_loop().time() > deadline or not self.connected:
+                    raise SpineError("no packet id free for SUBSCRIBE") from None
+                await asyncio.sleep(0.01)
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._subacks[mid] = fut
         granted = await asyncio.wait_for(fut, SUBACK_TIMEOUT_S)

@@ -3,9 +3,14 @@ the relay publishes rows at their QoS in id order, marks them sent on PUBACK/PUB
 reconnect or restart. Every message carries its idempotency key as the MQTT 5 user property ``id``.
 
 The relay is pipelined: it keeps up to the broker's window of publishes in flight while it claims the next
-rows, and acknowledgements are marked sent in batches (one UPDATE per batch, not one per row). A row whose
-publish was acknowledged but not yet marked sent when the process died is published again on the next start,
-with the same ``id``: at-least-once towards the broker, exactly-once for a consumer that keeps the key.
+rows, and acknowledgements are marked sent in batches (one UPDATE per batch, not one per row).
+
+QoS 2 rows are relayed exactly once on the wire, also across a SIGKILL of the hub (docs/spine.md, "Packet ids
+on the outbox rows"): each row's packet id is written (with the client id, i.e. the broker session) before
+its PUBLISH leaves, ``released`` before its PUBREL leaves, ``sent_at`` after its PUBCOMP; the id stays taken
+until ``sent_at`` is committed. The next process of the same client id finishes each handshake where it
+stopped (``take_back_held``) instead of publishing the row again under a new id. QoS 0/1 rows stay
+at-least-once (a QoS 1 resend is a new delivery by definition), with the same ``id`` every time.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from typing import Any
 
 import asyncpg
 import structlog
+from gmqtt import Message
 
 from hub.errors import SpineError, StoreError
 from hub.metrics import Metrics
-from hub.spine.client import MqttConnection
+from hub.spine.client import HeldPublish, MqttConnection
 from hub.spine.inbox import properties_from_json, properties_to_json
 from hub.spine.topics import validate_publish_topic
 from hub.store import Store
@@ -52,6 +58,40 @@ RETURNING id, idempotency_key, topic, payload, qos, retain, properties
 """  # $1 owner, $2 claim seconds, $3 batch size, $4 ids in flight here
 
 _SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL"  # $1 ids
+
+# Before the PUBLISHes leave: each row's packet id in this session. An unsent row still carrying one of these
+# ids in this session is stale (its publish failed with a lost broker session; it is published afresh):
+# clear it, so a successor never finishes a handshake that is not that row's.
+_STAMP_SQL = """
+WITH stale AS (
+    UPDATE outbox SET packet_id = NULL, released = false
+    WHERE packet_session = $3 AND packet_id = ANY($2::int[]) AND sent_at IS NULL AND id <> ALL($1::bigint[]))
+UPDATE outbox SET packet_id = u.mid, packet_session = $3, released = false
+FROM unnest($1::bigint[], $2::int[]) AS u(id, mid) WHERE outbox.id = u.id
+"""  # $1 ids, $2 packet ids, $3 client id
+
+
+def _released_sql(row_ids: list[int]) -> str:
+    """``released = true`` for these rows, committed without waiting for the WAL flush.
+
+    Safe to lose in a PostgreSQL crash (never in a hub crash: the commit is done before the PUBREL leaves):
+    the row then looks unreleased, and its PUBLISH goes out again under the same id — a broker that already
+    completed it delivers a second copy, none is lost. It can never be mistaken for another message under that
+    id: the id is reused only after this row's ``sent_at`` commit, which is synchronous and flushes this too.
+    Sent as one simple-protocol query (an implicit transaction) so that SET LOCAL applies; the ids are ints.
+    """
+    ids = ",".join(str(int(i)) for i in row_ids)
+    return ("SET LOCAL synchronous_commit = off; "
+            f"UPDATE outbox SET released = true WHERE id = ANY('{{{ids}}}'::bigint[])")
+
+
+# Start-up, before connecting: our rows whose handshake the previous process began in this session.
+_HELD_SQL = """
+UPDATE outbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2), attempts = attempts + 1
+WHERE sent_at IS NULL AND packet_session = $1 AND packet_id IS NOT NULL
+  AND (claimed_by = $1 OR claimed_until IS NULL OR claimed_until < now())
+RETURNING id, idempotency_key, topic, payload, qos, retain, properties, packet_id, released
+"""  # $1 owner (= client id), $2 claim seconds
 
 
 def encode_payload(payload: bytes | str | dict[str, Any] | list[Any]) -> bytes:
@@ -125,6 +165,12 @@ class OutboxRelay:
         self._ready: deque[OutRow] = deque()  # committed, to publish
         self._tasks: list[asyncio.Task[None]] = []
         self._gauge_at = 0.0
+        # QoS 2 rows published under an id we chose: mid <-> row, until the row's sent_at is committed.
+        self._mid_rows: dict[int, int] = {}
+        self._row_mids: dict[int, int] = {}
+        self._releasing: list[tuple[int, Callable[[], None]]] = []  # PUBRECs waiting for `released`
+        self._releasing_event = asyncio.Event()
+        connection.set_pubrec_hook(self._on_pubrec)
 
     def notify(self) -> None:
         """Rows were committed to the table by someone (any relay may take them): read it now."""
@@ -151,7 +197,34 @@ class OutboxRelay:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name="kitt[spine].outbox-relay"),
-                       asyncio.create_task(self._mark_sent_loop(), name="kitt[spine].outbox-acks")]
+                       asyncio.create_task(self._mark_sent_loop(), name="kitt[spine].outbox-acks"),
+                       asyncio.create_task(self._release_loop(), name="kitt[spine].outbox-releases")]
+
+    async def take_back_held(self) -> int:
+        """Before the first connect: the rows our previous process was publishing, to finish in its session.
+
+        They are in flight from now on: the connection sends their PUBREL (released) or their PUBLISH again
+        with the same id and DUP, and their PUBCOMP marks them sent. If the broker lost the session, their
+        futures fail and they are published afresh.
+        """
+        rows = await self._store.write_fetch(_HELD_SQL, self._owner, float(CLAIM_SECONDS))
+        held: list[HeldPublish] = []
+        by_mid: dict[int, int] = {}
+        for r in sorted(rows, key=lambda r: r["id"]):
+            mid = r["packet_id"]
+            if mid in by_mid or r["qos"] != 2:
+                # Cannot happen with ids held until sent_at commits; if it does, that row is sent afresh.
+                continue
+            row = OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
+                         properties_from_json(r["properties"]))
+            by_mid[mid] = row.id
+            held.append(HeldPublish(mid, bool(r["released"]), self._message(row)))
+        futures = self._conn.resume(held)
+        for mid, row_id in by_mid.items():
+            self._track(row_id, mid, futures[mid])
+        if held:
+            log.info("outbox: finishing the publishes of the previous run", rows=len(held))
+        return len(held)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -162,6 +235,10 @@ class OutboxRelay:
         self._in_flight.clear()
         self._ready.clear()
         self._reserved.clear()
+        self._releasing.clear()
+        self._conn.free_mids(list(self._mid_rows))
+        self._mid_rows.clear()
+        self._row_mids.clear()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until nothing is left to send and every acknowledgement is recorded. True if in time."""
@@ -207,11 +284,13 @@ class OutboxRelay:
     async def _relay_ready(self) -> None:
         """Publish the committed rows handed over in memory, in order."""
         while self._ready:
-            row = self._ready[0]
-            if not await self._publish(row):
+            rows = [self._ready[i] for i in range(min(len(self._ready), BATCH))]
+            done = await self._publish_rows(rows)
+            for _ in range(done):
+                row = self._ready.popleft()
+                self._reserved.discard(row.id)
+            if done < len(rows):
                 return  # disconnected: they stay queued (and claimed by us) for after the reconnect
-            self._ready.popleft()
-            self._reserved.discard(row.id)
 
     async def _relay_batch(self) -> bool:
         """Claim and publish one batch from the database; True when there may be more right away."""
@@ -224,12 +303,107 @@ class OutboxRelay:
         # Checked again now: a row handed over in memory may have committed while the claim was on its way
         # (it is then in one of these sets until its sent_at is committed, and a claim never sees it after).
         rows = [r for r in rows if not self._busy(r["id"])]
-        for r in sorted(rows, key=lambda r: r["id"]):
-            row = OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
-                         properties_from_json(r["properties"]))
-            if not await self._publish(row):
-                return False  # the rest stay claimed by us and go out after the reconnect
+        out = [OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
+                      properties_from_json(r["properties"])) for r in sorted(rows, key=lambda r: r["id"])]
+        if await self._publish_rows(out) < len(out):
+            return False  # the rest stay claimed by us and go out after the reconnect
         return claimed == BATCH
+
+    async def _publish_rows(self, rows: list[OutRow]) -> int:
+        """Publish rows in order; returns how many went out (fewer: the connection is gone)."""
+        done = 0
+        while done < len(rows):
+            if rows[done].qos < 2:
+                if not await self._publish(rows[done]):
+                    return done
+                done += 1
+                continue
+            run = 0
+            while done + run < len(rows) and rows[done + run].qos == 2:
+                run += 1
+            sent = await self._publish_qos2(rows[done:done + run])
+            done += sent
+            if sent < run:
+                return done
+        return done
+
+    async def _publish_qos2(self, rows: list[OutRow]) -> int:
+        """QoS 2 rows: choose their packet ids, persist them, then publish under exactly those ids."""
+        done = 0
+        window = self._conn.window
+        while done < len(rows):
+            if not self._conn.connected:
+                return done
+            if window.full():
+                await window.wait()
+                continue
+            mids = self._conn.allocate_mids(min(len(rows) - done, window.capacity - window.in_flight))
+            if not mids:
+                # The window counts free slots but gmqtt's pool has none (ids of SUBSCRIBEs): a moment.
+                await asyncio.sleep(0.01)
+                continue
+            chunk = rows[done:done + len(mids)]
+            try:
+                await self._store.write(_STAMP_SQL, [r.id for r in chunk], mids, self._owner)
+            except BaseException:
+                self._conn.free_mids(mids)  # nothing went out under them
+                raise
+            for row, mid in zip(chunk, mids, strict=True):
+                try:
+                    fut = self._conn.publish_with_mid(mid, self._message(row))
+                except SpineError:
+                    self._conn.free_mids(mids[mids.index(mid):])
+                    return done
+                except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
+                    log.exception("outbox: cannot publish row; retried after its claim expires", row=row.id)
+                    self._conn.free_mids([mid])
+                    done += 1
+                    continue
+                self._track(row.id, mid, fut)
+                done += 1
+        return done
+
+    @staticmethod
+    def _message(row: OutRow) -> Message:
+        props = dict(row.properties)
+        user = [tuple(p) for p in props.pop("user_property", [])]
+        user = [p for p in user if p[0] != "id"] + [("id", row.key)]
+        return Message(row.topic, row.payload, qos=row.qos, retain=row.retain, user_property=user, **props)
+
+    def _track(self, row_id: int, mid: int, fut: asyncio.Future[None]) -> None:
+        self._in_flight[row_id] = fut
+        self._mid_rows[mid] = row_id
+        self._row_mids[row_id] = mid
+        fut.add_done_callback(lambda f, rid=row_id: self._ack(rid, f))
+
+    def _on_pubrec(self, mid: int, send_pubrel: Callable[[], None]) -> bool:
+        """PUBREC for one of our rows: the PUBREL waits until ``released`` is committed."""
+        row_id = self._mid_rows.get(mid)
+        if row_id is None:
+            return False
+        self._releasing.append((row_id, send_pubrel))
+        self._releasing_event.set()
+        return True
+
+    async def _release_loop(self) -> None:
+        """Batches PUBRECs into one UPDATE (written while the next ones arrive), then sends their PUBRELs."""
+        while True:
+            await self._releasing_event.wait()
+            self._releasing_event.clear()
+            batch, self._releasing = self._releasing, []
+            if not batch:
+                continue
+            try:
+                await self._store.write(_released_sql([row_id for row_id, _ in batch]))
+            except StoreError as exc:
+                # No PUBREL before the row says so: the broker keeps holding the message meanwhile.
+                log.error("outbox: cannot record PUBRECs", error=str(exc), rows=len(batch))
+                self._releasing = batch + self._releasing
+                await asyncio.sleep(1)
+                self._releasing_event.set()
+                continue
+            for _row_id, send_pubrel in batch:
+                send_pubrel()
 
     def _busy(self, row_id: int) -> bool:
         return (row_id in self._in_flight or row_id in self._reserved or row_id in self._recording
@@ -261,7 +435,11 @@ class OutboxRelay:
         del self._in_flight[row_id]
         if fut is not None and (fut.cancelled() or fut.exception() is not None):
             # The broker session was lost: the row is still claimed by us and no longer in flight, so the
-            # next claim takes it again.
+            # next claim takes it again (with a new packet id: the broker knows none of the old ones).
+            mid = self._row_mids.pop(row_id, None)
+            if mid is not None:
+                self._mid_rows.pop(mid, None)
+                self._conn.free_mids([mid])
             log.warning("outbox: publish lost with the broker session; sending again", row=row_id)
             self.notify()
             return
@@ -288,6 +466,11 @@ class OutboxRelay:
                 self._acked_event.set()
                 continue
             self._recording = set()
+            # sent_at is committed: their packet ids may carry other rows now.
+            mids = [mid for mid in (self._row_mids.pop(row_id, None) for row_id in acked) if mid is not None]
+            for mid in mids:
+                self._mid_rows.pop(mid, None)
+            self._conn.free_mids(mids)
             self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
             if self._on_sent is not None:
                 self._on_sent(acked)

@@ -156,6 +156,14 @@ class Spine:
             log.error("cannot read the inbox at start; maintenance will retry", error=str(exc))
         if self._recovered:
             log.info("resuming inbox rows left by the previous run", count=len(self._recovered))
+        # Outbox rows whose QoS 2 handshake the previous process began: finished in the kept session on the
+        # first connect, under their packet ids (never published again under new ones: that would deliver twice).
+        try:
+            await self.relay.take_back_held()
+        except StoreError as exc:
+            # Not fatal for the spine, but those rows' ids are then not known to the connection: it still
+            # sends PUBREL for every id, so they are delivered (at most a duplicate, never a loss).
+            log.error("cannot read the outbox at start", error=str(exc))
         await self.connection.start()
         self._maintenance = asyncio.create_task(self._maintain(), name="kitt[spine].maintenance")
 

@@ -3,7 +3,9 @@ filters, so tests can aim hostile input at more than the ask topic.
 
 - ``kitt/<hub>/test/cmd/+``: a command with a strict model, ordered per device (the last level);
 - ``kitt/<hub>/test/deep/#``: a nested model;
-- ``kitt/<hub>/test/echo``: echoes ``{"id", "n"}`` through the outbox (like ask, with an ordering key).
+- ``kitt/<hub>/test/echo``: echoes ``{"id", "n"}`` through the outbox (like ask, with an ordering key);
+- ``kitt/<hub>/test/fanout``: ``{"id", "count"}`` writes ``count`` QoS 2 commands to the outbox in one handler
+  transaction, on ``kitt/<hub>/test/out/<id>/<i>`` with key ``cmd:<id>:<i>`` (keeps the relay busy).
 Every handled message records the audit event ``test.handled``.
 """
 
@@ -37,6 +39,11 @@ class Echo(BaseModel):
     n: int
 
 
+class Fanout(BaseModel):
+    id: str = Field(min_length=1, max_length=64)
+    count: int = Field(ge=1, le=200)
+
+
 class SpineRoutes:
     def __init__(self, ctx: PluginContext) -> None:
         self._ctx = ctx
@@ -51,6 +58,8 @@ class SpineRoutes:
         self._ctx.route(Route(filter=f"{self.base}/deep/#", handler=self._handle, name="test.deep", model=Deep))
         self._ctx.route(Route(filter=f"{self.base}/echo", handler=self._echo, name="test.echo", model=Echo,
                               shared=True, dedupe_key=lambda m: m.data.id))
+        self._ctx.route(Route(filter=f"{self.base}/fanout", handler=self._fanout, name="test.fanout", model=Fanout,
+                              dedupe_key=lambda m: m.data.id))
 
     async def stop(self) -> None:
         return None
@@ -68,6 +77,15 @@ class SpineRoutes:
                                 key=f"echo:{msg.dedupe_key}", properties=props, correlation_id=msg.data.id)
             await self._ctx.store.record_event("test.handled", actor="test", subject=msg.topic,
                                                correlation_id=msg.data.id, conn=conn)
+
+
+    async def _fanout(self, msg: Inbound) -> None:
+        spine = self._ctx.spine
+        async with spine.handling(msg) as conn:
+            for i in range(msg.data.count):
+                key = f"cmd:{msg.data.id}:{i}"
+                await spine.enqueue(conn, topic=f"{self.base}/out/{msg.data.id}/{i}", payload={"id": key, "on": True},
+                                    key=key, correlation_id=msg.data.id)
 
 
 def create(ctx: PluginContext) -> SpineRoutes:
