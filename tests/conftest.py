@@ -6,10 +6,11 @@ Layers: tests/unit (no I/O, seconds), tests/integration (real PostgreSQL, Redis,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.support.db import temporary_database
 
@@ -25,3 +26,10 @@ def state_dir(tmp_path: Path) -> Path:
     d = tmp_path / "state"
     d.mkdir()
     return d
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A test that runs a CLI command in-process configures logging; the next test starts from the defaults."""
+    yield
+    structlog.reset_defaults()
