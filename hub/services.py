@@ -34,7 +34,8 @@ async def start_all(hub: Hub) -> None:
     hub.readiness.add("embedder", lambda: True if embedder.ready else (embedder.readiness_reason or "loading"),
                       required=False)
 
-    vectors = open_vector_store(url=cfg.vectors.url, api_key=cfg.vectors.api_key or None, state_dir=cfg.state_dir)
+    vectors = open_vector_store(url=cfg.vectors.url, api_key=cfg.vectors.api_key or None, state_dir=cfg.state_dir,
+                                idle=lambda: hub.spine is not None and hub.spine.idle_for(1.0))
     vectors_state: dict[str, Any] = {"ready": False, "error": None}
     hub.readiness.add("vectors", lambda: True if vectors_state["ready"] else (vectors_state["error"] or "opening"),
                       required=False)

@@ -97,6 +97,7 @@ class Spine:
         self._first_connect = True
         self._accepting = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self.last_message_at = time.monotonic()
         self._maintenance: asyncio.Task[None] | None = None
         self._recovered: list[InboxRow] = []
         self._bounce_pending = False
@@ -134,6 +135,10 @@ class Spine:
         return self.connection.connected and self._subscribed.is_set()
 
     @property
+    def idle_for(self, seconds: float) -> bool:
+        """No message for ``seconds`` and nothing in flight: a moment for background work that stalls the loop."""
+        return not self._tasks and time.monotonic() - self.last_message_at >= seconds
+
     def status(self) -> dict[str, Any]:
         return {"connected": self.connection.connected, "subscribed": self._subscribed.is_set(),
                 "client_id": self._owner, "shared_group": self._group or None,
@@ -245,6 +250,7 @@ class Spine:
 
         Raising instead means "not acknowledged": the broker keeps the message for the next connection.
         """
+        self.last_message_at = time.monotonic()
         routes = self._routes.lookup(topic)
         if not routes:
             return 0

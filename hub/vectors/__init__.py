@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from hub.vectors.base import Hit, Payload, PointId, UpsertBuffer, VectorPoint, VectorStore, VectorStoreError
@@ -28,8 +29,12 @@ __all__ = [
 ]
 
 
-def open_vector_store(*, url: str, api_key: str | None, state_dir: str | Path) -> VectorStore:
-    """``vectors.url`` empty → embedded Qdrant Edge in ``state_dir/vectors``; else a Qdrant server."""
+def open_vector_store(*, url: str, api_key: str | None, state_dir: str | Path,
+                      idle: Callable[[], bool] | None = None) -> VectorStore:
+    """``vectors.url`` empty → embedded Qdrant Edge in ``state_dir/vectors``; else a Qdrant server.
+
+    ``idle`` (the spine's "quiet for a while"): embedded index builds wait for it.
+    """
     if url:
         return QdrantServerStore(url=url, api_key=api_key)
-    return EdgeVectorStore(path=Path(state_dir) / "vectors")
+    return EdgeVectorStore(path=Path(state_dir) / "vectors", idle=idle)

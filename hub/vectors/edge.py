@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,8 @@ class EdgeVectorStore:
         search_threads: int = 1,
         hnsw_ef: int | None = None,
         auto_optimize: bool = True,
+        idle: Callable[[], bool] | None = None,
+        idle_check_s: float = 2.0,
     ) -> None:
         self._path = Path(path)
         self._hnsw = (hnsw_m, hnsw_ef_construct, full_scan_threshold_kb)
@@ -72,6 +74,12 @@ class EdgeVectorStore:
         self._search_threads = search_threads
         self._hnsw_ef = hnsw_ef
         self._auto_optimize = auto_optimize  # off for bulk loads that call optimize() once at the end
+        # With ``idle``, index builds (which hold the GIL, stalling the event loop) wait for a quiet moment
+        # instead of running inside the write that crossed the threshold; searches scan the few unindexed
+        # points meanwhile.
+        self._idle = idle
+        self._idle_check_s = idle_check_s
+        self._idle_task: asyncio.Task[None] | None = None
         self._shards: dict[str, Any] = {}
         self._dims: dict[str, int] = {}
         self._unindexed: dict[str, int] = {}
@@ -86,8 +94,23 @@ class EdgeVectorStore:
         self._path.mkdir(parents=True, exist_ok=True)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kitt-vectors")
         self._buffer.start()
+        if self._auto_optimize and self._idle is not None:
+            self._idle_task = asyncio.create_task(self._optimize_when_idle(), name="kitt[vectors].optimize")
+
+    async def _optimize_when_idle(self) -> None:
+        assert self._idle is not None
+        while True:
+            await asyncio.sleep(self._idle_check_s)
+            due = [c for c, n in self._unindexed.items() if n >= self._optimize_every]
+            if due and self._idle():
+                for collection in due:
+                    await self._run(self._optimize_sync, collection)
 
     async def stop(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            await asyncio.gather(self._idle_task, return_exceptions=True)
+            self._idle_task = None
         try:
             await self._buffer.stop()
             for name in list(self._shards):
@@ -184,7 +207,7 @@ class EdgeVectorStore:
             [qe.Point(check_id(p.id), as_list(p.vector), p.payload) for p in points]
         ))
         self._unindexed[collection] = self._unindexed.get(collection, 0) + len(points)
-        if self._auto_optimize and self._unindexed[collection] >= self._optimize_every:
+        if self._auto_optimize and self._idle is None and self._unindexed[collection] >= self._optimize_every:
             shard.optimize()
             info = shard.info()
             self._unindexed[collection] = max(0, info.points_count - info.indexed_vectors_count)

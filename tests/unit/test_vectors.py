@@ -180,3 +180,30 @@ async def test_server_backend_code_path() -> None:
         assert await store.count("memory") == 7
     finally:
         await store.stop()
+
+
+async def test_index_builds_wait_for_an_idle_moment(tmp_path: Path) -> None:
+    quiet = False
+    store = EdgeVectorStore(path=tmp_path / "v", indexing_threshold_kb=1, idle=lambda: quiet, idle_check_s=0.05)
+    await store.start()
+    try:
+        await store.ensure_collection("memory", 384)
+        rng = np.random.default_rng(7)
+        points = [VectorPoint(i + 1, (v / np.linalg.norm(v)).astype(np.float32), {"site": "k"})
+                  for i, v in enumerate(rng.normal(size=(400, 384)))]
+        await store.upsert("memory", points)
+        await store.flush()
+        await asyncio.sleep(0.3)
+        info = store._shard("memory").info()
+        assert info.indexed_vectors_count < info.points_count  # busy: no build inside the write path
+        quiet = True
+        for _ in range(100):
+            info = store._shard("memory").info()
+            if info.indexed_vectors_count >= info.points_count:
+                break
+            await asyncio.sleep(0.05)
+        assert info.indexed_vectors_count == info.points_count
+        hits = await store.search("memory", points[5].vector, limit=1)
+        assert hits[0].id == 6
+    finally:
+        await store.stop()
