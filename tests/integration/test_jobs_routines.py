@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -21,34 +20,14 @@ from hub.jobs.routines import (
 )
 from hub.metrics import Metrics
 from hub.store import Store
-from tests.support.db import temp_database_sync
+from tests.support import jobs as job_fixtures
+from tests.support.jobs import Published
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with temp_database_sync() as url:
-        yield url
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[Store]:
-    s = Store(dsn=dsn, metrics=Metrics(), pool_min=1, pool_max=30)
-    await s.start()
-    await s.write("TRUNCATE schedules, job_runs, leases, goals, projects, tasks, goal_outcomes, events CASCADE")
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-class Published:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    async def __call__(self, topic: str, payload: dict[str, Any]) -> None:
-        self.messages.append((topic, payload))
+# The shared fixtures (one database per module, emptied per test).
+dsn = job_fixtures.dsn
+store = job_fixtures.store
 
 
 async def make_ctx(store: Store, job: str, *, concurrency: int = 4, **dep_args: Any) -> RoutineContext:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -18,34 +18,14 @@ from hub.jobs.runner import RunnerSettings, claim, execute, reap
 from hub.jobs.scheduler import sync_schedules
 from hub.metrics import Metrics
 from hub.store import Store
-from tests.support.db import temp_database_sync
+from tests.support import jobs as job_fixtures
+from tests.support.jobs import Published
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with temp_database_sync() as url:
-        yield url
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[Store]:
-    s = Store(dsn=dsn, metrics=Metrics(), pool_min=1, pool_max=20)
-    await s.start()
-    await s.write("TRUNCATE schedules, job_runs, leases, goals, projects, tasks, goal_outcomes, events CASCADE")
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-class Published:
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    async def __call__(self, topic: str, payload: dict[str, Any]) -> None:
-        self.messages.append((topic, payload))
+# The shared fixtures (one database per module, emptied per test).
+dsn = job_fixtures.dsn
+store = job_fixtures.store
 
 
 def deps(store: Store, instance: str = "i1", metrics: Metrics | None = None) -> JobDeps:

@@ -4,35 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 
 import pytest
 
 from hub.config import JobSection
 from hub.jobs.scheduler import sync_schedules, tick
-from hub.metrics import Metrics
 from hub.store import Store
-from tests.support.db import temp_database_sync
+from tests.support import jobs as job_fixtures
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def dsn() -> Iterator[str]:
-    with temp_database_sync() as url:
-        yield url
-
-
-@pytest.fixture
-async def store(dsn: str) -> AsyncIterator[Store]:
-    s = Store(dsn=dsn, metrics=Metrics(), pool_min=1, pool_max=20)
-    await s.start()
-    await s.write("TRUNCATE schedules, job_runs, leases, goals, projects, tasks, goal_outcomes, events CASCADE")
-    try:
-        yield s
-    finally:
-        await s.stop()
+# The shared fixtures (one database per module, emptied per test).
+dsn = job_fixtures.dsn
+store = job_fixtures.store
 
 
 async def test_migration_creates_the_job_tables(store: Store) -> None:
