@@ -134,11 +134,11 @@ class Spine:
     def ready(self) -> bool:
         return self.connection.connected and self._subscribed.is_set()
 
-    @property
     def idle_for(self, seconds: float) -> bool:
         """No message for ``seconds`` and nothing in flight: a moment for background work that stalls the loop."""
         return not self._tasks and time.monotonic() - self.last_message_at >= seconds
 
+    @property
     def status(self) -> dict[str, Any]:
         return {"connected": self.connection.connected, "subscribed": self._subscribed.is_set(),
                 "client_id": self._owner, "shared_group": self._group or None,

@@ -27,6 +27,9 @@ def _config(tmp_path: Path, *, mqtt_port: int = 1883) -> tuple[Path, int]:
     text = text.replace('token_file = "var/web-token"', f'token_file = "{tmp_path / "token"}"')
     text = text.replace('url = "mqtt://127.0.0.1:1883"', f'url = "mqtt://127.0.0.1:{mqtt_port}"')
     text = text.replace('id = "kitt"', f'id = "acc{port}"')
+    # The model files are the repository's (relative paths resolve against the config's own folder).
+    text += (f'\n[embeddings]\nmodel = "{REPO / "models/onnx/model_int8.onnx"}"\n'
+             f'tokenizer = "{REPO / "models/onnx/tokenizer.json"}"\n')
     cfg = tmp_path / "config.toml"
     cfg.write_text(text)
     return cfg, port
