@@ -103,8 +103,9 @@ def test_not_ready_without_a_broker_but_alive_and_retrying(tmp_path: Path) -> No
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(port, "/healthz", 200)
-        # Once the store is up, the only reason left is the missing broker.
-        body = _wait_for(port, "/readyz", 503, until=lambda b: b["checks"]["store"]["ok"])
+        # Once the store is up and the spine exists, the only reason left is the missing broker.
+        body = _wait_for(port, "/readyz", 503,
+                         until=lambda b: b["checks"]["store"]["ok"] and b["checks"]["spine"]["reason"] != "starting")
         assert body["ready"] is False
         assert body["reasons"] and all(r.startswith("spine: MQTT broker") for r in body["reasons"]), body
         proc.send_signal(signal.SIGTERM)
