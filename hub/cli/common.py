@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -46,10 +47,8 @@ def api_call(config: Config, method: str, path: str, body: dict[str, Any] | None
             return json.loads(raw) if raw else None
     except error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        try:
+        with contextlib.suppress(ValueError, AttributeError):  # not our JSON error body: show it as it is
             detail = json.loads(detail).get("error", detail)
-        except (ValueError, AttributeError):
-            pass
         print(f"{method} {path}: HTTP {exc.code}: {detail}", file=sys.stderr)
         raise SystemExit(1) from None
     except (error.URLError, OSError) as exc:

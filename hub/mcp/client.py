@@ -239,11 +239,9 @@ class ServerConnection:
         up tools the server added or removed.
         """
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):  # the interval passed with the connection intact
                 await asyncio.wait_for(self._broken.wait(), self._ping_interval)
                 return
-            except TimeoutError:
-                pass
             try:
                 self.tools = await asyncio.wait_for(self._list(client), self.settings.timeout_s)
             except (MCPError, TimeoutError, OSError) as exc:

@@ -43,10 +43,8 @@ def check_id(point_id: PointId) -> PointId:
     if isinstance(point_id, int) and not isinstance(point_id, bool) and point_id >= 0:
         return point_id
     if isinstance(point_id, str):
-        try:
+        with contextlib.suppress(ValueError):  # not a UUID: refused below with the reason
             return str(uuid.UUID(point_id))
-        except ValueError:
-            pass
     raise VectorStoreError(f"point id must be an unsigned int or a UUID string, got {point_id!r}")
 
 
