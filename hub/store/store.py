@@ -29,6 +29,15 @@ _EVENT_SQL = """INSERT INTO events (actor, kind, subject, correlation_id, body)
                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id"""  # $1 actor, $2 kind, $3 subject, $4 corr, $5 body
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """Skip the reset query on every release (one round trip per call saved).
+
+    Safe because nothing here leaves session state on a pooled connection: settings are ``SET LOCAL`` /
+    ``set_config(…, true)``, advisory locks are transaction-scoped, LISTEN runs on its own connection. asyncpg
+    still rolls back an open transaction and drops listeners before this is called.
+    """
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # jsonb in and out as Python objects.
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
@@ -76,6 +85,7 @@ class Store:
                 max_size=self._pool_max,
                 command_timeout=self._timeout,
                 init=self._init_connection,
+                reset=_no_session_reset,
             )
         except (OSError, asyncpg.PostgresError) as exc:
             raise StoreError(f"cannot connect to the database: {exc}") from exc
