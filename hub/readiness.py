@@ -31,7 +31,8 @@ class Readiness:
 
     async def evaluate(self) -> tuple[bool, list[CheckResult]]:
         results = []
-        for name, (check, required) in self._checks.items():
+        # A snapshot: checks are added while the hub starts, and evaluating awaits (store ping).
+        for name, (check, required) in list(self._checks.items()):
             try:
                 value = check()
                 if inspect.isawaitable(value):

@@ -105,7 +105,8 @@ async def test_unlock_asks_first_and_only_the_bound_session_can_say_yes(db_dsn: 
             if len(await rig.refused_events(cid)) >= 2:
                 break
             await rig.commands.settle(0.05)
-        assert [e["reason"] for e in await rig.refused_events(cid)] == ["wrong_site", "wrong_session"]
+        # The two refused answers come from different sessions, handled concurrently: their order is free.
+        assert sorted(e["reason"] for e in await rig.refused_events(cid)) == ["wrong_session", "wrong_site"]
         assert ours() == []
 
         mark = rig.sat.mark
