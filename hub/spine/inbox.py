@@ -14,7 +14,6 @@ on one row is harmless: the conditional ``done`` UPDATE lets exactly one transac
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import asyncpg
 import structlog
 
 from hub.errors import StoreError
+from hub.spine.batching import GroupCommitter, Item
 from hub.store import Store
 
 log = structlog.get_logger("kitt.spine.inbox")
@@ -102,32 +102,20 @@ def _row(r: asyncpg.Record) -> InboxRow:
                     r["qos"])
 
 
-_Item = tuple[str, str, bytes, str, int, "asyncio.Future[Added]"]
+_Item = Item  # (dedupe_key, topic, payload, properties json, qos, future of Added)
 
 
-class Inbox:
+class Inbox(GroupCommitter):
     """The group-commit writer plus the set of rows this instance is working on (``working``)."""
 
+    task_name = "kitt[spine].inbox-writer"
+    what = "inbox"
+
     def __init__(self, *, store: Store, owner: str, max_batch: int = 256) -> None:
+        super().__init__(max_batch=max_batch)
         self._store = store
         self._owner = owner
-        self._max_batch = max_batch
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
         self.working: set[int] = set()
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._writer(), name="kitt[spine].inbox-writer")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
-        while not self._queue.empty():
-            *_, fut = self._queue.get_nowait()
-            if not fut.done():
-                fut.set_exception(StoreError("inbox stopped before commit"))
 
     def release(self, row_id: int) -> None:
         """This instance stopped working on the row (finished, or gave up until the next claim)."""
@@ -136,17 +124,7 @@ class Inbox:
     async def add(self, *, dedupe_key: str, topic: str, payload: bytes, properties: dict[str, Any],
                   qos: int) -> Added:
         """Commit the message (raises ``StoreError`` if it did not commit; then it must not be acknowledged)."""
-        fut: asyncio.Future[Added] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((dedupe_key, topic, payload, properties_to_json(properties), qos, fut))
-        return await fut
-
-    async def _writer(self) -> None:
-        while True:
-            first = await self._queue.get()
-            batch = [first]
-            while len(batch) < self._max_batch and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            await self._commit(batch)
+        return await self._submit(dedupe_key, topic, payload, properties_to_json(properties), qos)
 
     async def _commit(self, batch: list[_Item]) -> None:
         # Two copies of one key inside a batch: only the first may insert it; the others are duplicates.
@@ -171,9 +149,7 @@ class Inbox:
                 taken = {r["dedupe_key"]: _row(r) for r in await self._store.write_fetch(
                     _TAKEOVER_SQL, seen_before, self._owner, float(CLAIM_SECONDS), list(self.working))}
         except StoreError as exc:
-            for item in batch:
-                if not item[5].done():
-                    item[5].set_exception(exc)
+            self._fail(batch, exc)
             return
         # Marked as worked on before any caller resumes: a concurrent claim never hands the row out twice.
         self.working.update(ids.values())
