@@ -18,6 +18,7 @@ in ``/api/v1/openapi.json`` like the rest. There is no approve endpoint here: pe
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Any
 
 import structlog
@@ -123,16 +124,21 @@ def _refused(exc: AgentError) -> ApiError:
     return ApiError(STATUS.get(exc.code, 500), exc.code, str(exc))
 
 
+async def _answer(call_result: Awaitable[Any]) -> Any:
+    """The agent's answer, or its refusal as the matching HTTP error."""
+    try:
+        return await call_result
+    except AgentError as exc:
+        raise _refused(exc) from exc
+
+
 @routes.post("/agent/actions", summary="An agent runs a non-hazardous device action", body=AgentActionBody,
              description="Queued once through the outbox, like the panel's actions, as principal agent:mcp. A "
                          "hazardous action is refused (409 hazardous): use POST /api/v1/agent/confirmations.",
              responses={200: ("the command is queued", AgentCommandOut)}, errors=(404, 409, 503))
 async def agent_action(call: Call) -> Reply:
     body: AgentActionBody = call.body
-    try:
-        out = await _agent(call).act(body.device, body.action, body.params)
-    except AgentError as exc:
-        raise _refused(exc) from exc
+    out = await _answer(_agent(call).act(body.device, body.action, body.params))
     return Reply(AgentCommandOut.model_validate(out))
 
 
@@ -143,10 +149,7 @@ async def agent_action(call: Call) -> Reply:
              responses={202: ("a pending confirmation", AgentConfirmationOut)}, errors=(404, 409, 503))
 async def agent_confirmation(call: Call) -> Reply:
     body: AgentActionBody = call.body
-    try:
-        out = await _agent(call).request_hazardous(body.device, body.action, body.params)
-    except AgentError as exc:
-        raise _refused(exc) from exc
+    out = await _answer(_agent(call).request_hazardous(body.device, body.action, body.params))
     return Reply(AgentConfirmationOut.model_validate(out), status=202)
 
 
@@ -154,10 +157,7 @@ async def agent_confirmation(call: Call) -> Reply:
             path_model=AgentConfirmationPath, responses={200: ("the confirmation", AgentConfirmationOut)},
             errors=(404, 503))
 async def agent_confirmation_status(call: Call) -> Reply:
-    try:
-        out = await _agent(call).confirmation(call.path.id)
-    except AgentError as exc:
-        raise _refused(exc) from exc
+    out = await _answer(_agent(call).confirmation(call.path.id))
     return Reply(AgentConfirmationOut.model_validate(out))
 
 
@@ -165,10 +165,7 @@ async def agent_confirmation_status(call: Call) -> Reply:
              responses={200: ("the nearest memories, best first", MemoryHitsOut)}, errors=(503,))
 async def memory_search(call: Call) -> Reply:
     body: MemorySearchBody = call.body
-    try:
-        hits = await _agent(call).memory_search(body.query, site=body.site, limit=body.limit)
-    except AgentError as exc:
-        raise _refused(exc) from exc
+    hits = await _answer(_agent(call).memory_search(body.query, site=body.site, limit=body.limit))
     return Reply(MemoryHitsOut(results=[MemoryHit.model_validate(h) for h in hits]))
 
 
@@ -176,10 +173,7 @@ async def memory_search(call: Call) -> Reply:
              responses={201: ("stored", MemoryStoredOut)}, errors=(503,))
 async def memory_store(call: Call) -> Reply:
     body: MemoryBody = call.body
-    try:
-        out = await _agent(call).memory_store(body.text, site=body.site)
-    except AgentError as exc:
-        raise _refused(exc) from exc
+    out = await _answer(_agent(call).memory_store(body.text, site=body.site))
     return Reply(MemoryStoredOut.model_validate(out), status=201)
 
 
