@@ -43,22 +43,9 @@ while (($#)); do
     shift
 done
 
-say() { printf '==> %s\n' "$*"; }
-warn() { printf 'warning: %s\n' "$*" >&2; }
-
-# Every change goes through run: printed (and skipped with --dry-run), then executed.
-run() {
-    printf '+'; printf ' %q' "$@"; printf '\n'
-    ((DRY_RUN)) || "$@"
-}
-
-if ((!DRY_RUN)) && ((EUID != 0)); then
-    echo "install.sh: run as root (or try --dry-run)" >&2
-    exit 1
-fi
-if ((DRY_RUN)); then
-    say "dry run: nothing is changed"
-fi
+# shellcheck source=scripts/common.sh
+source "$(dirname "$0")/common.sh"
+require_root_unless_dry_run install.sh
 for tool in systemctl "$PYTHON"; do
     if ! command -v "$tool" >/dev/null; then
         if ((DRY_RUN)); then

@@ -32,20 +32,9 @@ while (($#)); do
     shift
 done
 
-say() { printf '==> %s\n' "$*"; }
-
-run() {
-    printf '+'; printf ' %q' "$@"; printf '\n'
-    ((DRY_RUN)) || "$@"
-}
-
-if ((!DRY_RUN)) && ((EUID != 0)); then
-    echo "uninstall.sh: run as root (or try --dry-run)" >&2
-    exit 1
-fi
-if ((DRY_RUN)); then
-    say "dry run: nothing is changed"
-fi
+# shellcheck source=scripts/common.sh
+source "$(dirname "$0")/common.sh"
+require_root_unless_dry_run uninstall.sh
 
 say "service"
 if command -v systemctl >/dev/null; then
