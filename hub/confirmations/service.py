@@ -32,6 +32,7 @@ log = structlog.get_logger("kitt.confirmations")
 CHANNEL = "kitt_confirmations"
 PIN_SCOPE = "house"
 SWEEP_INTERVAL_S = 0.5
+GAUGE_INTERVAL_S = 5.0
 EXECUTE_TIMEOUT_S = 10.0
 STATES = ("pending", "confirmed", "executing", "done", "failed", "cancelled", "expired")
 
@@ -85,6 +86,7 @@ class ConfirmationService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._stopping = False
+        self._gauge_at = float("-inf")
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -410,8 +412,14 @@ class ConfirmationService:
                 await self._store.record_event("confirmation.expired", actor="system", subject=r["device"],
                                                correlation_id=r["id"], conn=conn, body={"from": "pending"})
                 await _notify(conn, r["id"], "expired")
-            counts = await conn.fetch("SELECT state, count(*) AS n FROM confirmations GROUP BY state")
-        by_state = {r["state"]: r["n"] for r in counts}
+        # The gauge scans the whole table: refreshed every few seconds, not on every half-second sweep.
+        now = asyncio.get_running_loop().time()
+        if rows or now - self._gauge_at >= GAUGE_INTERVAL_S:
+            self._gauge_at = now
+            await self._refresh_gauge()
+
+    async def _refresh_gauge(self) -> None:
+        by_state = (await self.status())["by_state"]
         for state in STATES:
             self._metrics.confirmations.labels(state=state).set(by_state.get(state, 0))
 
