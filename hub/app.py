@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 
+from hub import services as kernel_services
 from hub.config import Config
 from hub.errors import KittError
 from hub.metrics import Metrics
@@ -108,7 +109,7 @@ class Hub:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._start_store(), name="kitt[start].store")
-                tg.create_task(self._start_services(), name="kitt[start].services")
+                tg.create_task(kernel_services.start_all(self), name="kitt[start].services")
         except* KittError as group:
             raise group.exceptions[0] from None
 
@@ -116,7 +117,7 @@ class Hub:
         self._status("store ready; starting plugins")
         self.spine = Spine(config=cfg, store=self.store, metrics=self.metrics)
         self.web_deps.spine = self.spine
-        await self._before_plugins()
+        await kernel_services.before_plugins(self)
         self.plugins = PluginHost(names=cfg.plugins or DEFAULT_PLUGINS, make_context=self._plugin_context)
         self.plugins.load()
         await self.plugins.start()
@@ -124,8 +125,7 @@ class Hub:
         # Spine after plugins: every route is declared before the first SUBSCRIBE; it stops first.
         await self._enter(self.spine.start, self.spine.stop)
         self._status(f"plugins {len(self.plugins.names)} running; connecting to MQTT {cfg.mqtt.redacted_url()}")
-        self._stack.push_async_callback(self._stop_post_start)
-        await self._post_start()
+        await kernel_services.after_spine(self)
 
     async def _start_store(self) -> None:
         cfg = self.config.database
@@ -139,30 +139,9 @@ class Hub:
         await self._enter(self.store.start, self.store.stop)
         self.web_deps.store = self.store
 
-    async def _start_services(self) -> None:
-        """Hook for the embedder, vectors and cache: started without blocking readiness."""
-        from hub import services as kernel_services
-
-        await kernel_services.start_all(self)
-
-    async def _before_plugins(self) -> None:
-        from hub import services as kernel_services
-
-        await kernel_services.before_plugins(self)
-
     def push_stop(self, stop: Callable[[], Awaitable[Any]]) -> None:
         """Register a stop callable, run in reverse order of registration on close."""
         self._stack.push_async_callback(stop)
-
-    async def _post_start(self) -> None:
-        from hub import services as kernel_services
-
-        await kernel_services.after_spine(self)
-
-    async def _stop_post_start(self) -> None:
-        from hub import services as kernel_services
-
-        await kernel_services.before_spine_stop(self)
 
     def _plugin_context(self, name: str) -> PluginContext:
         assert self.spine is not None and self.store is not None

@@ -7,7 +7,6 @@ non-required checks and used by plugins once ready.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -188,8 +187,3 @@ async def _hazard_gate(hub: Hub, task: Any) -> str:
                                          principal=Principal(kind="job", user="task_execution_cycle"),
                                          correlation_id=correlation)
     return confirmation.id
-
-
-async def before_spine_stop(hub: Hub) -> None:
-    """Nothing yet: services registered with ``push_stop`` stop in reverse order."""
-    await asyncio.sleep(0)
