@@ -21,6 +21,11 @@ class StoreWriteError(StoreError):
     """A write did not commit."""
 
 
+class StoreDataError(StoreWriteError):
+    """The database refused the data itself (SQLSTATE class 22, e.g. a NUL character in text): a retry cannot
+    succeed, so a message that caused it fails instead of being retried."""
+
+
 class StaleLeaseError(StoreError):
     """A fenced write was refused because the lease token is no longer current."""
 

@@ -21,7 +21,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -34,6 +34,7 @@ from hub.spine.client import HeldPublish, MqttConnection
 from hub.spine.inbox import properties_from_json, properties_to_json
 from hub.spine.topics import validate_publish_topic
 from hub.store import Store
+from hub.store.appends import OutboxAppend
 
 log = structlog.get_logger("kitt.spine.outbox")
 
@@ -131,15 +132,27 @@ async def enqueue(
 
     ``claimed_by`` reserves the row for that relay (it will publish it from memory after the commit).
     """
-    validate_publish_topic(topic)
-    body = encode_payload(payload)
+    row = new_row(0, topic=topic, payload=payload, key=key, qos=qos, retain=retain, properties=properties)
     row_id = await conn.fetchval(
-        _ENQUEUE_SQL, key, topic, body, qos, retain, properties_to_json(properties or {}), correlation_id,
+        _ENQUEUE_SQL, key, topic, row.payload, qos, retain, properties_to_json(row.properties), correlation_id,
         claimed_by, float(CLAIM_SECONDS),
     )
     if row_id is None:
         return None
-    return OutRow(row_id, key, topic, body, qos, retain, dict(properties or {}))
+    return replace(row, id=row_id)
+
+
+def new_row(row_id: int, *, topic: str, payload: bytes | str | dict[str, Any] | list[Any], key: str, qos: int = 2,
+            retain: bool = False, properties: dict[str, Any] | None = None) -> OutRow:
+    """A row as it will be written (the topic checked, the payload encoded)."""
+    validate_publish_topic(topic)
+    return OutRow(row_id, key, topic, encode_payload(payload), qos, retain, dict(properties or {}))
+
+
+def as_append(row: OutRow, *, correlation_id: str | None, claimed_by: str | None) -> OutboxAppend:
+    """The row for a grouped block's deferred INSERT (``hub.store.appends``)."""
+    return (row.id, row.key, row.topic, row.payload, row.qos, row.retain, properties_to_json(row.properties),
+            correlation_id, claimed_by)
 
 
 class OutboxRelay:

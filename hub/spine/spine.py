@@ -24,16 +24,17 @@ import asyncpg
 import structlog
 
 from hub.config import Config
-from hub.errors import InputRejected, SpineError, StoreError
+from hub.errors import InputRejected, SpineError, StoreDataError, StoreError
 from hub.metrics import Metrics
 from hub.spine.audit import AuditWriter
 from hub.spine.client import MqttConnection
 from hub.spine.inbox import Inbox, InboxRow
-from hub.spine.outbox import OutboxRelay, OutRow, encode_payload, enqueue
+from hub.spine.outbox import OutboxRelay, OutRow, as_append, encode_payload, enqueue, new_row
 from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id, parse_payload
 from hub.spine.topics import HubTopics
 from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups
 from hub.store import Store
+from hub.store.appends import IdReserve, PendingAppends, pending_appends
 
 log = structlog.get_logger("kitt.spine")
 
@@ -48,6 +49,9 @@ SLOTS_PER_WINDOW = 4
 GROUP_ATTEMPTS = 3
 # Where the dispatcher leaves the route on ``Inbound.meta`` for ``handling()``.
 ROUTE_META = "kitt.route"
+# Set after a group was rolled back: the handler runs again in a transaction of its own, so a block that
+# cannot commit (bad data) fails alone instead of taking its next group down with it.
+SOLO_META = "kitt.solo"
 
 
 class AlreadyHandled(SpineError):
@@ -55,10 +59,15 @@ class AlreadyHandled(SpineError):
 
 
 class _Block:
-    """The ``handling()`` block running in this task: outbox rows written in it go to the relay in memory."""
+    """The ``handling()`` block running in this task: outbox rows written in it go to the relay in memory.
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    ``appends``: set when the block shares a group transaction; its outbox rows and events are then written
+    at the group's commit (``hub.store.appends``).
+    """
+
+    def __init__(self, conn: asyncpg.Connection, appends: PendingAppends | None) -> None:
         self.conn = conn
+        self.appends = appends
         self.rows: list[OutRow] = []
 
 
@@ -84,6 +93,7 @@ class Spine:
         # A few lanes of grouped handler transactions; the rest of the pool stays for everything else.
         self._groups = TransactionGroups(store=store, lanes=max(1, min(4, config.database.pool_max // 3)))
         self._group_policy = GroupPolicy()
+        self._outbox_ids = IdReserve(store, "outbox_id_seq")
         self.connection = MqttConnection(
             settings=config.mqtt,
             client_id=self._owner,
@@ -364,6 +374,7 @@ class Spine:
                     # Nothing of ours was committed and the row is still pending: running again is safe.
                     if attempt == GROUP_ATTEMPTS:
                         raise
+                    inbound.meta[SOLO_META] = True
             if inbound.inbox_id is not None and not inbound.finished:
                 await self._inbox.finish(inbound.inbox_id)
                 inbound.finished = True
@@ -397,22 +408,27 @@ class Spine:
             inbound.finished = True
         except InputRejected as exc:
             await self.reject(route, inbound, exc)
+        except StoreDataError as exc:  # the data itself was refused: a retry cannot succeed
+            await self._handler_failed(route, inbound, exc)
         except (asyncio.CancelledError, StoreError):
-            raise
+            raise  # the database is away: the row stays pending and is retried
         except Exception as exc:
-            # A handler bug never stops the spine; it is counted, logged and audited.
-            self._metrics.handler_errors.labels(handler=route.name).inc()
-            log.exception("handler failed", handler=route.name, topic=inbound.topic)
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_DETAIL]
-            if inbound.inbox_id is not None and not inbound.finished:
-                await self._inbox.finish(inbound.inbox_id, state="failed", error=error)
-                inbound.finished = True
-            try:
-                await self._audit.record("handler.failed", actor=route.name, subject=inbound.topic,
-                                         correlation_id=message_id(inbound.payload, inbound.properties),
-                                         body={"error": error})
-            except StoreError as store_exc:
-                log.error("could not audit a handler failure", error=str(store_exc))
+            await self._handler_failed(route, inbound, exc)
+
+    async def _handler_failed(self, route: Route, inbound: Inbound, exc: BaseException) -> None:
+        # A handler bug never stops the spine; it is counted, logged and audited.
+        self._metrics.handler_errors.labels(handler=route.name).inc()
+        log.exception("handler failed", handler=route.name, topic=inbound.topic)
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_DETAIL]
+        if inbound.inbox_id is not None and not inbound.finished:
+            await self._inbox.finish(inbound.inbox_id, state="failed", error=error)
+            inbound.finished = True
+        try:
+            await self._audit.record("handler.failed", actor=route.name, subject=inbound.topic,
+                                     correlation_id=message_id(inbound.payload, inbound.properties),
+                                     body={"error": error})
+        except StoreError as store_exc:
+            log.error("could not audit a handler failure", error=str(store_exc))
 
     async def reject(self, route: Route, inbound: Inbound, exc: InputRejected) -> None:
         """Tell the sender what was wrong (error topic), count it, audit it; lose nothing else."""
@@ -448,16 +464,22 @@ class Spine:
         route: Route | None = inbound.meta.get(ROUTE_META)
         name = route.name if route is not None else None
         row = inbound.inbox_id if not inbound.finished else None
-        grouped = self._group_policy.grouped(name, route.grouped if route is not None else False)
+        grouped = not inbound.meta.get(SOLO_META) and self._group_policy.grouped(
+            name, route.grouped if route is not None else False)
+        appends = PendingAppends(None) if grouped else None
         block: _Block | None = None
         try:
-            async with (self._groups.block(row) if grouped else self._solo(row)) as conn:
-                block = _Block(conn)
+            async with (self._groups.block(row, appends) if grouped else self._solo(row)) as conn:
+                if appends is not None:
+                    appends.conn = conn
+                block = _Block(conn, appends)
                 token = _current_block.set(block)
+                appends_token = pending_appends.set(appends)
                 started = time.perf_counter()
                 try:
                     yield conn
                 finally:
+                    pending_appends.reset(appends_token)
                     _current_block.reset(token)
                 self._group_policy.record(name, time.perf_counter() - started)
         except BaseException as exc:
@@ -469,7 +491,11 @@ class Spine:
             raise
         inbound.finished = True
         if block is not None and block.rows:
-            self.relay.submit(block.rows)
+            if appends is not None and appends.skipped:
+                self.relay.unreserve(appends.skipped)
+                self.relay.submit(r for r in block.rows if r.id not in appends.skipped)
+            else:
+                self.relay.submit(block.rows)
 
     @asynccontextmanager
     async def _solo(self, row: int | None) -> AsyncIterator[asyncpg.Connection]:
@@ -485,13 +511,22 @@ class Spine:
         """An outbox row in the caller's transaction; call ``notify_outbox()`` after the commit.
 
         Inside ``handling()`` the row is reserved for this hub's relay and published from memory right after
-        the commit (no claim query); elsewhere any relay takes it from the table.
+        the commit (no claim query); elsewhere any relay takes it from the table. Returns the row's id, or None
+        when the key was enqueued before; in a grouped block that is only found at the commit, so the id is
+        returned and the row is then dropped (not published).
         """
         block = _current_block.get()
         mine = block is not None and block.conn is conn
-        row = await enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
-                            properties=properties, correlation_id=correlation_id,
-                            claimed_by=self._owner if mine else None)
+        row: OutRow | None
+        if mine and block is not None and block.appends is not None:
+            # Written with the group, just before its commit; a key enqueued before is dropped then.
+            row = new_row(await self._outbox_ids.take(), topic=topic, payload=payload, key=key, qos=qos,
+                          retain=retain, properties=properties)
+            block.appends.outbox.append(as_append(row, correlation_id=correlation_id, claimed_by=self._owner))
+        else:
+            row = await enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
+                                properties=properties, correlation_id=correlation_id,
+                                claimed_by=self._owner if mine else None)
         if row is None:
             return None
         if mine and block is not None:

@@ -2,21 +2,25 @@
 
 One transaction per message costs BEGIN, COMMIT and the pool's reset query on top of the handler's own
 statements, and one WAL flush each. Under load the spine instead runs blocks one after another on a *lane*
-(a connection it keeps, with an open transaction):
+(a connection it keeps), and ends the group with one statement:
 
-    BEGIN
-    …block 1's statements (outbox row, audit event)…
-    …block 2's statements…
-    UPDATE inbox SET state = 'done' … WHERE id = ANY('{17,18}') AND state = 'pending' RETURNING id
-    COMMIT                                   -- when no block waits for the lane, or the group is full
+    WITH ob AS (INSERT INTO outbox … unnest(…)), ev AS (INSERT INTO events … unnest(…)),
+         fin AS (UPDATE inbox SET state = 'done' … WHERE id = ANY('{17,18}') AND state = 'pending' RETURNING id)
+    SELECT … (aborts itself unless every row was still pending)
 
-Each message's effects and its ``done`` mark are in one transaction (the group's), so they commit or roll
-back together. The marks go in one statement at the end of the group; if a row was no longer pending (a
-redelivery handled elsewhere meanwhile), the group rolls back: that block gets ``Finished`` (its message was
-handled already) and the others ``GroupAborted``. Blocks have no savepoint of their own either (that would
-add statements per message): when a block raises, the whole group rolls back and every other block of it
-gets ``GroupAborted``. The spine runs those handlers again (their rows are still pending, so that is safe).
-A block's ``handling()`` returns only after the COMMIT, so nothing is published or acknowledged before it is
+The blocks' outbox rows and audit events are appended (``hub.store.appends``) and written with the done marks
+in that statement, so a typical block costs no round trip of its own, and a group whose blocks only appended
+needs no BEGIN and no COMMIT either: the statement is its own transaction. A block that sends a statement
+itself (``conn.fetch…``) first opens the group's transaction (BEGIN, once per group), and the group then ends
+with the statement and a COMMIT. Either way each message's effects and its ``done`` mark commit or roll back
+together.
+
+If a row was no longer pending (a redelivery handled elsewhere meanwhile), the statement aborts itself and
+nothing of the group commits: that block gets ``Finished`` (its message was handled already) and the others
+``GroupAborted``. Blocks have no savepoint of their own either (that would add statements per message): when
+a block raises, the whole group rolls back and every other block of it gets ``GroupAborted``. The spine runs
+those handlers again, each in a transaction of its own (their rows are still pending, so that is safe). A
+block's ``handling()`` returns only after the commit, so nothing is published or acknowledged before it is
 durable. A nested ``conn.transaction()`` inside a block is a savepoint and works as usual.
 
 Only short blocks are grouped: a block that waits on the network (an LLM call inside ``handling()``) would
@@ -39,14 +43,50 @@ import structlog
 
 from hub.errors import KittError, StoreWriteError
 from hub.store import Store
+from hub.store.appends import PendingAppends
 
 log = structlog.get_logger("kitt.spine.txgroup")
 
 MAX_BLOCKS = 64
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
-_FINISH_SQL = """UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
-                 WHERE id = ANY($1::bigint[]) AND state = 'pending' RETURNING id"""  # $1 inbox ids
+# One statement at the end of a group: its appended outbox rows and events, and the done marks.
+_FLUSH_SQL = """
+WITH ob AS (
+    INSERT INTO outbox (id, idempotency_key, topic, payload, qos, retain, properties, correlation_id, claimed_by,
+                        claimed_until)
+    SELECT i, k, t, p, q, r, pr::jsonb, c, cb,
+           CASE WHEN cb IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::boolean[], $7::text[],
+                $8::text[], $9::text[]) AS u(i, k, t, p, q, r, pr, c, cb)
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id),
+ev AS (
+    INSERT INTO events (id, actor, kind, subject, correlation_id, body)
+    SELECT i, a, k, s, c, b::jsonb
+    FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+         AS u(i, a, k, s, c, b)),
+fin AS (
+    UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
+    WHERE id = ANY($17::bigint[]) AND state = 'pending' RETURNING id)
+SELECT ARRAY(SELECT id FROM ob) AS written
+WHERE CASE WHEN (SELECT count(*) FROM fin) = cardinality($17::bigint[]) THEN true
+           ELSE kitt_abort_statement('an inbox row of the group was no longer pending') END
+"""  # $1-$9 outbox columns, $10 claim seconds, $11-$16 event columns, $17 inbox ids; CASE, not OR: evaluated in order
+STALE_SQLSTATE = "KT001"  # raised by kitt_abort_statement (migration 0060)
+_PENDING_SQL = "SELECT id FROM inbox WHERE id = ANY($1::bigint[]) AND state = 'pending'"
+# The connection methods that send a statement: a grouped block's first one opens the group's transaction.
+_STATEMENTS = frozenset({"execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany", "prepare",
+                         "copy_records_to_table", "copy_to_table", "copy_from_table", "copy_from_query"})
+# How long an appended outbox row stays claimed by the relay that will publish it from memory.
+OUTBOX_CLAIM_SECONDS = 30.0
+
+
+def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
+    outbox = [row for a in appends for row in a.outbox]
+    events = [row for a in appends for row in a.events]
+    return [*([list(col) for col in zip(*outbox, strict=True)] if outbox else [[]] * 9), OUTBOX_CLAIM_SECONDS,
+            *([list(col) for col in zip(*events, strict=True)] if events else [[]] * 6), ids]
 
 
 # A route's blocks go to the lanes once this many in a row took at most SHORT_BLOCK_S each.
@@ -79,30 +119,81 @@ class GroupAborted(StoreWriteError):
     """Another block of the same group failed (or the commit did): nothing of this block was committed."""
 
 
+class _GroupConnection:
+    """The connection a grouped block sees: the lane's, with the group's BEGIN sent before its first statement."""
+
+    __slots__ = ("_lane",)
+
+    def __init__(self, lane: _Lane) -> None:
+        self._lane = lane
+
+    def __getattr__(self, name: str) -> Any:
+        target = getattr(self._lane.conn, name)
+        if name not in _STATEMENTS:
+            return target
+
+        async def statement(*args: Any, **kwargs: Any) -> Any:
+            await self._lane.begin()
+            return await target(*args, **kwargs)
+
+        return statement
+
+    def transaction(self, **kwargs: Any) -> _Savepoint:
+        return _Savepoint(self._lane, kwargs)
+
+
+class _Savepoint:
+    """``conn.transaction()`` inside a grouped block: a savepoint in the group's transaction."""
+
+    def __init__(self, lane: _Lane, kwargs: dict[str, Any]) -> None:
+        self._lane = lane
+        self._kwargs = kwargs
+        self._tx: asyncpg.transaction.Transaction | None = None
+
+    async def __aenter__(self) -> _Savepoint:
+        await self._lane.begin()
+        self._tx = self._lane.conn.transaction(**self._kwargs)
+        await self._tx.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._tx is not None
+        await self._tx.__aexit__(*exc)
+
+
 class _Lane:
-    """One connection with an open transaction, serving blocks one at a time."""
+    """One kept connection serving blocks one at a time; a group's transaction is begun only if needed."""
 
     def __init__(self, store: Store, name: str) -> None:
         self._store = store
         self.name = name
         self.lock = asyncio.Lock()
         self.waiting = 0
-        self._conn: Any = None
+        self.collecting = False  # its last block is done and it waits one loop turn for more before committing
+        self.conn: Any = None
+        self._view = _GroupConnection(self)
         self._tx: asyncpg.transaction.Transaction | None = None
         self._blocks: list[tuple[int | None, asyncio.Future[None]]] = []
+        self._appends: list[PendingAppends] = []
 
-    async def open_block(self) -> asyncpg.Connection:
-        if self._conn is None:
+    async def open_block(self) -> Any:
+        if self.conn is None:
             # Kept across groups: no pool round trip (and no reset query) per transaction.
-            self._conn = await self._store.pool.acquire()
-        if self._tx is None:
-            self._tx = self._conn.transaction()
-            await self._tx.start()
-        return self._conn
+            self.conn = await self._store.pool.acquire()
+        return self._view
 
-    def block_done(self, inbox_id: int | None) -> asyncio.Future[None]:
+    async def begin(self) -> None:
+        """The group's transaction, begun before the first statement a block sends itself."""
+        if self._tx is None:
+            tx = self.conn.transaction()
+            await tx.start()
+            self._tx = tx
+
+    def block_done(self, inbox_id: int | None, appends: PendingAppends | None) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._blocks.append((inbox_id, fut))
+        if appends is not None and (appends.outbox or appends.events):
+            self._appends.append(appends)
         return fut
 
     @property
@@ -110,23 +201,33 @@ class _Lane:
         return len(self._blocks) >= MAX_BLOCKS
 
     async def commit(self) -> None:
-        """Mark the group's rows done and COMMIT (roll back when it has no block to keep)."""
+        """Write the group's appends and done marks (one statement) and commit; roll back if there is no block."""
         blocks, self._blocks = self._blocks, []
+        appends, self._appends = self._appends, []
         tx, self._tx = self._tx, None
-        if tx is None:
+        if not blocks:
+            if tx is not None:
+                await self._rollback(tx)
             return
+        ids = [row for row, _ in blocks if row is not None]
         try:
-            if not blocks:
-                await tx.rollback()
-                return
-            ids = [row for row, _ in blocks if row is not None]
-            marked = {r["id"] for r in await self._conn.fetch(_FINISH_SQL, ids)} if ids else set()
-            if len(marked) != len(ids):
-                # A row was no longer pending (or came twice): its effects must not commit, so none do.
-                await tx.rollback()
-                self._fail_stale(blocks, marked)
-                return
-            await tx.commit()
+            if ids or appends:
+                try:
+                    written = set(await self.conn.fetchval(_FLUSH_SQL, *_flush_args(appends, ids)))
+                except asyncpg.PostgresError as exc:
+                    if exc.sqlstate != STALE_SQLSTATE:
+                        raise
+                    # A row was no longer pending (or came twice): its effects must not commit, so none do.
+                    if tx is not None:
+                        await tx.rollback()
+                    pending = {r["id"] for r in await self.conn.fetch(_PENDING_SQL, ids)}
+                    self._fail_stale(blocks, pending)
+                    return
+                for a in appends:
+                    # A key enqueued before (ON CONFLICT DO NOTHING): that row does not exist; not to publish.
+                    a.skipped = frozenset(row[0] for row in a.outbox if row[0] not in written)
+            if tx is not None:
+                await tx.commit()
         except _DRIVER_ERRORS as exc:
             log.error("group commit failed; its messages stay pending and are retried", lane=self.name,
                       blocks=len(blocks), error=str(exc))
@@ -136,6 +237,13 @@ class _Lane:
         for _, fut in blocks:
             if not fut.done():
                 fut.set_result(None)
+
+    async def _rollback(self, tx: asyncpg.transaction.Transaction) -> None:
+        try:
+            await tx.rollback()
+        except _DRIVER_ERRORS as exc:
+            log.warning("rollback failed; dropping the lane's connection", lane=self.name, error=str(exc))
+            await self._drop_connection()
 
     def _fail_stale(self, blocks: list[tuple[int | None, asyncio.Future[None]]], marked: set[int]) -> None:
         seen: set[int] = set()
@@ -152,13 +260,10 @@ class _Lane:
     async def abort(self, reason: str) -> None:
         """Roll the group back: every block of it fails with ``GroupAborted``."""
         blocks, self._blocks = self._blocks, []
+        self._appends = []
         tx, self._tx = self._tx, None
         if tx is not None:
-            try:
-                await tx.rollback()
-            except _DRIVER_ERRORS as exc:
-                log.warning("rollback failed; dropping the lane's connection", lane=self.name, error=str(exc))
-                await self._drop_connection()
+            await self._rollback(tx)
         self._fail([fut for _, fut in blocks], reason)
 
     @staticmethod
@@ -168,7 +273,7 @@ class _Lane:
                 fut.set_exception(GroupAborted(reason))
 
     async def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
+        conn, self.conn = self.conn, None
         self._tx = None
         if conn is None:
             return
@@ -181,7 +286,7 @@ class _Lane:
 
     async def close(self) -> None:
         await self.commit()
-        conn, self._conn = self._conn, None
+        conn, self.conn = self.conn, None
         if conn is not None:
             try:
                 await self._store.pool.release(conn)
@@ -198,7 +303,11 @@ class TransactionGroups:
         self._rr = itertools.cycle(range(len(self._lanes)))
 
     def _pick(self) -> _Lane:
-        # A free lane if there is one (rotating, so all lanes warm up), else the one with the shortest queue.
+        # A lane about to commit joins this block to its group; else a free lane (rotating, so all lanes warm
+        # up); else the one with the shortest queue.
+        for lane in self._lanes:
+            if lane.collecting and not lane.full:
+                return lane
         start = next(self._rr)
         ordered = self._lanes[start:] + self._lanes[:start]
         for lane in ordered:
@@ -207,7 +316,8 @@ class TransactionGroups:
         return min(ordered, key=lambda lane: lane.waiting)
 
     @asynccontextmanager
-    async def block(self, inbox_id: int | None) -> AsyncIterator[asyncpg.Connection]:
+    async def block(self, inbox_id: int | None,
+                    appends: PendingAppends | None = None) -> AsyncIterator[asyncpg.Connection]:
         lane = self._pick()
         lane.waiting += 1
         try:
@@ -227,10 +337,18 @@ class TransactionGroups:
                 # Without a savepoint per block, this block's statements go only with the whole group.
                 await lane.abort(f"another message of the group failed: {type(exc).__name__}")
                 raise
-            done = lane.block_done(inbox_id)
+            done = lane.block_done(inbox_id, appends)
         finally:
             # The group ends when nobody waits for this lane (or it is full): whoever leaves last commits.
             try:
+                if lane.waiting == 0 and not lane.full:
+                    # Blocks made ready in this same loop turn (one inbox batch's handlers) join the group
+                    # rather than start groups of their own on other lanes.
+                    lane.collecting = True
+                    try:
+                        await asyncio.sleep(0)
+                    finally:
+                        lane.collecting = False
                 if lane.waiting == 0 or lane.full:
                     await lane.commit()
             finally:

@@ -14,8 +14,9 @@ from typing import Any
 import asyncpg
 import structlog
 
-from hub.errors import StoreError, StoreWriteError
+from hub.errors import StoreDataError, StoreError, StoreWriteError
 from hub.metrics import Metrics
+from hub.store.appends import IdReserve, appends_for
 from hub.store.migrate import migrate
 
 log = structlog.get_logger("kitt.store")
@@ -66,6 +67,7 @@ class Store:
         self._slow_s = slow_query_ms / 1000
         self._apply_migrations = apply_migrations
         self._pool: asyncpg.Pool | None = None
+        self._event_ids = IdReserve(self, "events_id_seq")
 
     @property
     def dsn(self) -> str:
@@ -144,6 +146,8 @@ class Store:
     def _write_failed(self, exc: BaseException) -> StoreWriteError:
         self._metrics.db_write_errors.inc()
         log.error("database write failed", error=str(exc))
+        if isinstance(exc, asyncpg.DataError):
+            return StoreDataError(str(exc))
         return StoreWriteError(str(exc) or type(exc).__name__)
 
     async def write(self, query: str, *args: Any) -> str:
@@ -190,8 +194,16 @@ class Store:
         body: Mapping[str, Any] | None = None,
         conn: asyncpg.Connection | None = None,
     ) -> int:
-        """Append to the audit trail, inside ``conn``'s transaction when given."""
+        """Append to the audit trail, inside ``conn``'s transaction when given.
+
+        In a grouped spine block (``hub.store.appends``) the row is written with its group, just before the
+        COMMIT; the id returned is the one it gets.
+        """
         args = (actor, kind, subject, correlation_id, dict(body or {}))
+        if conn is not None and (appends := appends_for(conn)) is not None:
+            event_id = await self._event_ids.take()
+            appends.events.append((event_id, actor, kind, subject, correlation_id, json.dumps(args[4])))
+            return event_id
         if conn is not None:
             return await conn.fetchval(_EVENT_SQL, *args)
         row = await self.write_returning(_EVENT_SQL, *args)

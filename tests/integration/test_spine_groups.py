@@ -1,0 +1,188 @@
+"""Grouped handler transactions (``hub.spine.txgroup``) on a private Mosquitto and the real PostgreSQL: the
+appends written at the group's end, blocks that send statements of their own, a duplicate outbox key, a row
+finished elsewhere, and a block whose data cannot be written (it fails alone, the others commit once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from hub.config import Config
+from hub.spine import AlreadyHandled, Inbound, Route
+from tests.support.config import make_config
+from tests.support.mosquitto import Mosquitto
+from tests.support.mqtt import SpineEnv, TestClient, running_spine
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Mosquitto]:
+    with Mosquitto() as b:
+        yield b
+
+
+@pytest.fixture
+def cfg(broker: Mosquitto, db_dsn: str, state_dir: Path) -> Config:
+    # pool_max 3: one lane, so concurrent blocks share transactions.
+    return make_config(dsn=db_dsn, state_dir=state_dir, mqtt_port=broker.port, database={"pool_max": 3})
+
+
+async def _query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def _until(check: Any, timeout: float = 15.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_appends_and_own_statements_commit_together_with_the_done_marks(broker: Mosquitto,
+                                                                            cfg: Config) -> None:
+    returned: dict[str, tuple[int | None, int]] = {}
+    state: dict[str, SpineEnv] = {}
+
+    async def handler(msg: Inbound) -> None:
+        env, n = state["env"], int(msg.payload)
+        async with env.spine.handling(msg) as conn:
+            if n % 2:  # half the blocks also send a statement of their own: the group then has a transaction
+                await conn.execute("INSERT INTO events (actor, kind, correlation_id) VALUES ('t', 'test.direct', $1)",
+                                   str(n))
+            row = await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/out", payload={"n": n}, key=f"out-{n}")
+            event = await env.store.record_event("test.appended", actor="t", correlation_id=str(n), conn=conn)
+            returned[str(n)] = (row, event)
+
+    route = Route(filter=f"test/{cfg.hub.id}/grp", handler=handler, name="grp", grouped=True)
+    async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
+        state["env"] = env
+        out = await c.collect(f"test/{cfg.hub.id}/out")
+        await asyncio.gather(*(c.publish(route.filter, str(n).encode(), user_properties=[("id", f"g{n}")])
+                               for n in range(40)))
+        received = await out.wait_for(40, 20)
+        await out.settle(0.3)
+    assert sorted(m.json()["n"] for m in received) == list(range(40))
+    assert len(out.messages) == 40
+    appended = {r["correlation_id"]: r["id"] for r in await _query(
+        cfg.database.url, "SELECT id, correlation_id FROM events WHERE kind = 'test.appended'")}
+    assert appended == {k: event for k, (_row, event) in returned.items()}  # the ids handed out are the rows'
+    direct = await _query(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.direct'")
+    assert sorted(int(r["correlation_id"]) for r in direct) == list(range(1, 40, 2))
+    outbox = {r["idempotency_key"]: r["id"] for r in await _query(
+        cfg.database.url,
+        "SELECT id, idempotency_key FROM outbox WHERE sent_at IS NOT NULL AND idempotency_key LIKE 'out-%'")}
+    assert outbox == {f"out-{k}": row for k, (row, _event) in returned.items()}
+    pending = await _query(cfg.database.url, "SELECT count(*) AS n FROM inbox WHERE dedupe_key LIKE 'grp|%' "
+                                             "AND state <> 'done'")
+    assert pending[0]["n"] == 0
+
+
+@pytest.mark.parametrize("own_statement", [False, True], ids=["appends-only", "with-own-statement"])
+async def test_a_row_finished_elsewhere_rolls_back_appends_and_statements(broker: Mosquitto, cfg: Config,
+                                                                          own_statement: bool) -> None:
+    outcome: list[str] = []
+    state: dict[str, SpineEnv] = {}
+
+    async def handler(msg: Inbound) -> None:
+        env = state["env"]
+        try:
+            async with env.spine.handling(msg) as conn:
+                if own_statement:
+                    await conn.execute("INSERT INTO events (actor, kind) VALUES ('late', 'test.late')")
+                await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/late-out", payload={}, key="late-out")
+                await env.store.record_event("test.late", actor="late", conn=conn)
+                await _query(cfg.database.url, "UPDATE inbox SET state = 'done' WHERE id = $1", msg.inbox_id)
+        except AlreadyHandled:
+            outcome.append("already handled")
+            raise
+        outcome.append("committed")
+
+    route = Route(filter=f"test/{cfg.hub.id}/late", handler=handler, name="late", grouped=True)
+    async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
+        state["env"] = env
+        out = await c.collect(f"test/{cfg.hub.id}/late-out")
+        await c.publish(route.filter, b"x", user_properties=[("id", f"late-{own_statement}")])
+
+        async def decided() -> bool:
+            return bool(outcome)
+
+        await _until(decided)
+        await out.settle(0.3)
+        assert env.sample("kitt_handler_errors_total", handler="late") == 0
+    assert outcome == ["already handled"]
+    assert out.messages == []
+    assert await _query(cfg.database.url, "SELECT id FROM events WHERE kind = 'test.late'") == []
+    assert await _query(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'late-out'") == []
+
+
+async def test_an_outbox_key_enqueued_before_is_dropped_at_the_commit(broker: Mosquitto, cfg: Config) -> None:
+    state: dict[str, SpineEnv] = {}
+    ids: dict[str, int | None] = {}
+
+    async def handler(msg: Inbound) -> None:
+        env, key = state["env"], msg.payload.decode()
+        async with env.spine.handling(msg) as conn:
+            ids[key] = await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/dup-out", payload={"key": key},
+                                               key=key)
+
+    route = Route(filter=f"test/{cfg.hub.id}/dup", handler=handler, name="dup", grouped=True)
+    async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
+        state["env"] = env
+        await _query(cfg.database.url, """INSERT INTO outbox (idempotency_key, topic, payload, sent_at)
+                                          VALUES ('dup-key', 'test/dup', 'old', now())""")
+        out = await c.collect(f"test/{cfg.hub.id}/dup-out")
+        await asyncio.gather(*(c.publish(route.filter, key.encode(), user_properties=[("id", key)])
+                               for key in ("dup-key", "fresh-1", "fresh-2")))
+        await out.wait_for(2, 15)
+        await out.settle(0.5)
+    assert sorted(m.json()["key"] for m in out.messages) == ["fresh-1", "fresh-2"]
+    rows = {r["idempotency_key"]: r["id"] for r in await _query(
+        cfg.database.url, "SELECT id, idempotency_key FROM outbox WHERE idempotency_key = ANY($1::text[])",
+        ["dup-key", "fresh-1", "fresh-2"])}
+    assert rows["fresh-1"] == ids["fresh-1"] and rows["fresh-2"] == ids["fresh-2"]
+    assert rows["dup-key"] != ids["dup-key"]  # the old row stays; the new one was never written
+
+
+async def test_a_block_whose_data_cannot_be_written_fails_alone(broker: Mosquitto, cfg: Config) -> None:
+    """jsonb refuses a NUL character: the group's statement fails, its handlers run again one transaction
+    each, so the bad one fails on its own and every good one commits exactly once."""
+    runs: dict[str, int] = {}
+    state: dict[str, SpineEnv] = {}
+
+    async def handler(msg: Inbound) -> None:
+        env, who = state["env"], msg.payload.decode()
+        runs[who] = runs.get(who, 0) + 1
+        async with env.spine.handling(msg) as conn:
+            text = "bad \x00 byte" if who == "bad" else who
+            await env.store.record_event("test.poison", actor="t", correlation_id=who, body={"text": text}, conn=conn)
+
+    route = Route(filter=f"test/{cfg.hub.id}/poison", handler=handler, name="poison", grouped=True)
+    names = ["good-1", "good-2", "bad", "good-3", "good-4"]
+    async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
+        state["env"] = env
+        await asyncio.gather(*(c.publish(route.filter, n.encode(), user_properties=[("id", f"p-{n}")])
+                               for n in names))
+
+        async def settled() -> bool:
+            rows = await _query(cfg.database.url, "SELECT state FROM inbox WHERE dedupe_key LIKE 'poison|%'")
+            return len(rows) == 5 and all(r["state"] != "pending" for r in rows)
+
+        await _until(settled)
+        assert env.sample("kitt_handler_errors_total", handler="poison") == 1
+    events = await _query(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.poison'")
+    assert sorted(r["correlation_id"] for r in events) == ["good-1", "good-2", "good-3", "good-4"]
+    states = {r["dedupe_key"].rsplit("|", 1)[1]: r["state"] for r in await _query(
+        cfg.database.url, "SELECT dedupe_key, state FROM inbox WHERE dedupe_key LIKE 'poison|%'")}
+    assert states == {"p-bad": "failed", **{f"p-{n}": "done" for n in names if n != "bad"}}
