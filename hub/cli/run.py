@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -92,6 +93,17 @@ async def _announce_ready(hub: object, notifier: object, started: float) -> None
     notifier.ready()  # type: ignore[attr-defined]
     notifier.status(f"ready in {elapsed:.2f}s")  # type: ignore[attr-defined]
     log.info("hub ready", seconds=round(elapsed, 3), web=hub.config.web.listen, hub_id=hub.config.hub.id)
+    freeze_startup_heap()
+
+
+def freeze_startup_heap() -> None:
+    """Put what start-up allocated (intent templates, routes, plugin state) out of the collector's reach.
+
+    Otherwise every full collection walks those objects again with the event loop stopped: 110-130 ms on a
+    2-core box, seen as the P99 of voice dialogues. Collected once first, so start-up garbage is not kept.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _migrate(args: argparse.Namespace) -> int:
