@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from hub.aio import wait_event
 from hub.config import JobSection
 from hub.errors import KittError
 from hub.jobs import history as history_q
@@ -172,8 +173,7 @@ class JobService:
             run = await self._guarded("claim", lambda: claim(self._deps, jobs, self._settings), backoff)
             if run is None:
                 self._slots.release()
-                with contextlib.suppress(TimeoutError):  # the poll interval elapsed: look again
-                    await asyncio.wait_for(self._wake.wait(), self._poll)
+                await wait_event(self._wake, self._poll)  # or the poll interval elapsed: look again
                 self._wake.clear()
                 continue
             self._runs[run.id] = run

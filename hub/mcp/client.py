@@ -25,6 +25,7 @@ import structlog
 from mcp import Client, MCPError, StdioServerParameters
 from mcp import types as mcp_types
 
+from hub.aio import wait_event
 from hub.config import McpServer
 from hub.jobs.backoff import backoff_delay
 from hub.mcp.tools import ToolCallError, ToolSpec
@@ -239,9 +240,9 @@ class ServerConnection:
         up tools the server added or removed.
         """
         while True:
-            with contextlib.suppress(TimeoutError):  # the interval passed with the connection intact
-                await asyncio.wait_for(self._broken.wait(), self._ping_interval)
+            if await wait_event(self._broken, self._ping_interval):
                 return
+            # the interval passed with the connection intact
             try:
                 self.tools = await asyncio.wait_for(self._list(client), self.settings.timeout_s)
             except (MCPError, TimeoutError, OSError) as exc:

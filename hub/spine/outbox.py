@@ -16,7 +16,6 @@ at-least-once (a QoS 1 resend is a new delivery by definition), with the same ``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import deque
@@ -28,6 +27,7 @@ import asyncpg
 import structlog
 from gmqtt import Message
 
+from hub.aio import wait_event
 from hub.errors import SpineError, StoreError
 from hub.metrics import Metrics
 from hub.spine.client import HeldPublish, MqttConnection
@@ -271,8 +271,8 @@ class OutboxRelay:
     async def _run(self) -> None:
         next_poll = time.monotonic()
         while True:
-            with contextlib.suppress(TimeoutError):  # the poll interval passed: a wake-up like any other
-                await asyncio.wait_for(self._kick.wait(), max(0.0, next_poll - time.monotonic()))
+            # The poll interval passing is a wake-up like any other.
+            await wait_event(self._kick, max(0.0, next_poll - time.monotonic()))
             self._kick.clear()
             if time.monotonic() >= next_poll:
                 # Other instances' rows, rows whose claim expired, ours from before a restart.

@@ -12,6 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from hub.aio import wait_event
 from hub.errors import KittError
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,7 @@ class UpsertBuffer:
 
     async def _loop(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self._interval)
+            await wait_event(self._full, self._interval)
             if not self._pending:
                 continue
             try:
