@@ -50,6 +50,12 @@ RETURNING id, dedupe_key, topic, payload, properties, qos
 _MARK_DONE_SQL = """UPDATE inbox SET state = $2, finished_at = now(), error = $3, attempts = attempts + 1
                     WHERE id = $1 AND state = 'pending' RETURNING id"""  # $1 id, $2 state, $3 error
 
+_MARK_MANY_SQL = """
+UPDATE inbox SET state = u.state, finished_at = now(), error = u.error, attempts = attempts + 1
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, state, error)
+WHERE inbox.id = u.id AND inbox.state = 'pending' RETURNING inbox.id
+"""  # $1 ids, $2 states, $3 errors
+
 _CLAIM_SQL = """
 UPDATE inbox SET claimed_by = $1, claimed_until = now() + make_interval(secs => $2)
 WHERE id IN (SELECT id FROM inbox WHERE state = 'pending' AND id <> ALL($4::bigint[]) AND ({where})
@@ -105,6 +111,36 @@ def _row(r: asyncpg.Record) -> InboxRow:
 _Item = Item  # (dedupe_key, topic, payload, properties json, qos, future of Added)
 
 
+class _Finisher(GroupCommitter):
+    """Marks rows finished outside a handler transaction, whatever queued meanwhile in one UPDATE."""
+
+    task_name = "kitt[spine].inbox-finisher"
+    what = "inbox finisher"
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(max_batch=512)
+        self._store = store
+
+    async def finish(self, inbox_id: int, state: str, error: str | None) -> bool:
+        return await self._submit(inbox_id, state, error)
+
+    async def _commit(self, batch: list[Item]) -> None:
+        first: dict[int, Item] = {}
+        for item in batch:
+            first.setdefault(item[0], item)
+        uniq = list(first.values())
+        try:
+            rows = await self._store.write_fetch(_MARK_MANY_SQL, [i[0] for i in uniq], [i[1] for i in uniq],
+                                                 [i[2] for i in uniq])
+        except StoreError as exc:
+            self._fail(batch, exc)
+            return
+        done = {r["id"] for r in rows}
+        for item in batch:
+            # Only the first of two marks of one row did it.
+            self._resolve(item, item is first[item[0]] and item[0] in done)
+
+
 class Inbox(GroupCommitter):
     """The group-commit writer plus the set of rows this instance is working on (``working``)."""
 
@@ -116,6 +152,15 @@ class Inbox(GroupCommitter):
         self._store = store
         self._owner = owner
         self.working: set[int] = set()
+        self._finisher = _Finisher(store)
+
+    async def start(self) -> None:
+        await super().start()
+        await self._finisher.start()
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._finisher.stop()
 
     def release(self, row_id: int) -> None:
         """This instance stopped working on the row (finished, or gave up until the next claim)."""
@@ -163,11 +208,15 @@ class Inbox(GroupCommitter):
 
     async def finish(self, inbox_id: int, *, state: str = "done", error: str | None = None,
                      conn: asyncpg.Connection | None = None) -> bool:
-        """Mark a row finished; True if this call did it (False: someone already had)."""
+        """Mark a row finished; True if this call did it (False: someone already had).
+
+        Inside ``conn``'s transaction when given; otherwise group-committed with other marks.
+        """
         if conn is not None:
             return await conn.fetchval(_MARK_DONE_SQL, inbox_id, state, error) is not None
-        row = await self._store.write_returning(_MARK_DONE_SQL, inbox_id, state, error)
-        return row is not None
+        if not self._finisher.running:  # before start / after stop (recovery paths): on its own
+            return await self._store.write_returning(_MARK_DONE_SQL, inbox_id, state, error) is not None
+        return await self._finisher.finish(inbox_id, state, error)
 
     async def claim_own(self, limit: int = 1000) -> list[InboxRow]:
         """Pending rows under this client id that nobody here works on: left by our previous process."""
