@@ -78,7 +78,7 @@ async def before_plugins(hub: Hub) -> None:
     spine = hub.spine
     service = ConfirmationService(store=hub.store, metrics=hub.metrics, hazards=hub.config.hazards,
                                   devices=lambda: hub.services.devices, notify_outbox=spine.notify_outbox,
-                                  dsn=hub.store.dsn)
+                                  dsn=hub.store.dsn, transaction=spine.transaction)
     await service.start()
     hub.services.confirmations = service
     hub.push_stop(service.stop)

@@ -15,6 +15,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -74,8 +75,12 @@ class ConfirmationService:
         devices: Callable[[], DeviceService | None],
         notify_outbox: Callable[[], None],
         dsn: str,
+        transaction: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]] | None = None,
     ) -> None:
+        """``transaction``: where the device command is enqueued (the spine's, whose relay publishes it from
+        memory right after the commit); without it a plain store transaction and ``notify_outbox``."""
         self._store = store
+        self._command_transaction = transaction
         self._metrics = metrics
         self._hazards = hazards
         self._devices = devices
@@ -241,9 +246,11 @@ class ConfirmationService:
     async def approve(self, confirmation_id: str, *, principal: Principal, pin: str | None = None) -> Confirmation:
         refusal: ConfirmationError | None = None
         row = None
-        async with self._store.transaction() as conn:
-            row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM confirmations WHERE id = $1 FOR UPDATE",
-                                      confirmation_id)
+        transaction = self._command_transaction or self._store.transaction
+        async with transaction() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS}, expires_at <= now() AS expired FROM confirmations WHERE id = $1 FOR UPDATE",
+                confirmation_id)
             refusal = await self._approval_refusal(conn, row, principal, pin)
             if refusal is None:
                 assert row is not None
@@ -253,7 +260,8 @@ class ConfirmationService:
                 await self._security_event("security.confirmation_refused", confirmation_id, principal, refusal.reason)
             raise refusal
         assert row is not None
-        self._notify_outbox()
+        if self._command_transaction is None:
+            self._notify_outbox()
         if os.environ.get("KITT_TEST_CRASH_AFTER") == "confirm_executing":
             os._exit(137)  # test hook: the crash right after confirmed → executing committed
         confirmation = _row_to_confirmation(row)
@@ -269,7 +277,7 @@ class ConfirmationService:
             return ConfirmationError("not_pending", f"the confirmation is {row['state']}")
         if (why := self._check_binding(row, principal)) is not None:
             return ConfirmationError(why, "this answer is not from the session or person the request is bound to")
-        if await conn.fetchval("SELECT expires_at <= now() FROM confirmations WHERE id = $1", row["id"]):
+        if row["expired"]:
             await self._transition(conn, row["id"], "pending", "expired", actor="system")
             return ConfirmationError("expired", "the confirmation has expired")
         if row["level"] == "pin":
@@ -306,15 +314,22 @@ class ConfirmationService:
 
     async def _transition(self, conn: asyncpg.Connection, cid: str, from_state: str, to_state: str, *,
                           actor: str, extra_sql: str = "", extra_args: tuple[Any, ...] = ()) -> asyncpg.Record | None:
-        """One conditional UPDATE; None when the row was not in ``from_state`` (someone else moved it)."""
+        """One conditional UPDATE; None when the row was not in ``from_state`` (someone else moved it).
+
+        The same statement appends the audit event and the ``pg_notify`` (delivered at commit), so a
+        transition costs one round trip.
+        """
+        actor_arg = 4 + len(extra_args)
         row = await conn.fetchrow(
-            f"""UPDATE confirmations SET state = $3 {extra_sql}
-                WHERE id = $1 AND state = $2 RETURNING {_COLUMNS}""",  # $1 id, $2 from, $3 to, then extras
-            cid, from_state, to_state, *extra_args)
-        if row is not None:
-            await self._store.record_event(f"confirmation.{to_state}", actor=actor, subject=row["device"],
-                                           correlation_id=cid, conn=conn, body={"from": from_state})
-            await _notify(conn, cid, to_state)
+            f"""WITH u AS (UPDATE confirmations SET state = $3 {extra_sql}
+                           WHERE id = $1 AND state = $2 RETURNING {_COLUMNS}),
+                     ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
+                            SELECT ${actor_arg}, 'confirmation.' || $3, u.device, u.id,
+                                   jsonb_build_object('from', $2::text) FROM u),
+                     note AS (SELECT pg_notify('{CHANNEL}', json_build_object('id', u.id, 'state', $3::text)::text)
+                              FROM u)
+                SELECT u.* FROM u, note""",  # $1 id, $2 from, $3 to, then extras, then the actor
+            cid, from_state, to_state, *extra_args, actor)
         return row
 
     async def _execute(self, conn: asyncpg.Connection, row: asyncpg.Record, principal: Principal) -> asyncpg.Record:

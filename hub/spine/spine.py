@@ -537,14 +537,32 @@ class Spine:
     def notify_outbox(self) -> None:
         self.relay.notify()
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A store transaction whose outbox rows (``enqueue``) this hub's relay publishes from memory right
+        after the commit: no table poll and no claim query between the commit and the PUBLISH."""
+        block: _Block | None = None
+        try:
+            async with self._store.transaction() as conn:
+                block = _Block(conn, None)
+                token = _current_block.set(block)
+                try:
+                    yield conn
+                finally:
+                    _current_block.reset(token)
+        except BaseException:
+            if block is not None:
+                self.relay.unreserve(r.id for r in block.rows)
+            raise
+        if block.rows:
+            self.relay.submit(block.rows)
+
     async def send(self, *, topic: str, payload: Any, key: str, qos: int = 2, retain: bool = False,
                    properties: dict[str, Any] | None = None, correlation_id: str | None = None) -> int | None:
         """Durable publish outside a handler: one outbox row in its own transaction."""
-        async with self._store.transaction() as conn:
-            row = await self.enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
-                                     properties=properties, correlation_id=correlation_id)
-        self.relay.notify()
-        return row
+        async with self.transaction() as conn:
+            return await self.enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
+                                      properties=properties, correlation_id=correlation_id)
 
     def reply_target(self, inbound: Inbound, site: str | None) -> tuple[str, dict[str, Any]]:
         """Where a request's answer goes: its MQTT 5 Response Topic (+ Correlation Data), else reply/<site>."""
