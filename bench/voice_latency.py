@@ -120,6 +120,9 @@ async def _run_async(quick: bool) -> dict[str, Any]:
                         await _measure(leg, env, waiters, 1, warmup)  # warm connections, caches, plans
                         results[name] = {}
                         for sites in CONCURRENCY:
+                            # Warm at this concurrency (the pool grows to it, statements are prepared on
+                            # each new connection); the cold burst is measured apart (COLD_BURST).
+                            await _measure(leg, env, waiters, sites, 2)
                             samples = await _measure(leg, env, waiters, sites, per_site[sites])
                             results[name][f"sites_{sites}"] = summary_ms(samples)
                 finally:
@@ -259,6 +262,14 @@ async def _run_hermes_async(quick: bool) -> dict[str, Any]:
                     await _hermes_measure(client, inbox, waiters, 1, 5, hazard=False)  # warm-up
                     await _hermes_measure(client, inbox, waiters, 1, 5, hazard=True)
                     for sites in CONCURRENCY:
+                        if sites > 1:
+                            # The first burst of all sites at once on a cold pool, reported apart; then a
+                            # warm-up round at this concurrency before the measured ones.
+                            cold = await _hermes_measure(client, inbox, waiters, sites, 1, hazard=False)
+                            results.setdefault("hermes_text_to_command_cold_burst", {})[f"sites_{sites}"] = \
+                                summary_ms(cold["text_to_command"])
+                            await _hermes_measure(client, inbox, waiters, sites, 2, hazard=False)
+                            await _hermes_measure(client, inbox, waiters, sites, 2, hazard=True)
                         plain = await _hermes_measure(client, inbox, waiters, sites, per_site[sites], hazard=False)
                         hazard = await _hermes_measure(client, inbox, waiters, sites, per_site[sites], hazard=True)
                         plain["hazard_yes_to_command"] = hazard["hazard_yes_to_command"]
