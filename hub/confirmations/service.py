@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -49,7 +50,7 @@ def prompt_for(action: DeviceAction, label: str) -> str:
     return f"Are you sure you want to {verb} the {label}?"
 
 
-def _row_to_confirmation(row: asyncpg.Record) -> Confirmation:
+def _row_to_confirmation(row: asyncpg.Record | dict[str, Any]) -> Confirmation:
     a = row["action"]
     return Confirmation(
         id=row["id"], action=DeviceAction(a["device"], a["action"], a.get("params") or {}),
@@ -63,6 +64,21 @@ def _row_to_confirmation(row: asyncpg.Record) -> Confirmation:
 
 async def _notify(conn: asyncpg.Connection, confirmation_id: str, state: str) -> None:
     await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps({"id": confirmation_id, "state": state}))
+
+
+def _notify_with_row(table: str) -> str:
+    """SQL for a ``pg_notify`` that carries the whole row (listeners need not read it back), unless it is too
+    big for a notification (8,000 bytes): then only the id, and listeners read the row."""
+    return (f"pg_notify('{CHANNEL}', json_build_object('id', {table}.id, 'state', {table}.state, 'row', "
+            f"CASE WHEN octet_length(row_to_json({table})::text) < 7000 THEN row_to_json({table}) END)::text)")
+
+
+def _confirmation_from_json(data: dict[str, Any]) -> Confirmation:
+    row = dict(data)
+    for key in ("created_at", "expires_at"):
+        if isinstance(row.get(key), str):
+            row[key] = datetime.fromisoformat(row[key])
+    return _row_to_confirmation(row)
 
 
 class ConfirmationService:
@@ -139,19 +155,24 @@ class ConfirmationService:
 
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         data = json.loads(payload)
-        self._spawn(self._announce(data["id"]), "kitt[confirmations].announce")
+        if data.get("row") is not None:
+            self._spawn(self._deliver(_confirmation_from_json(data["row"])), "kitt[confirmations].announce")
+        else:
+            self._spawn(self._announce(data["id"]), "kitt[confirmations].announce")
 
     async def _announce(self, confirmation_id: str) -> None:
         confirmation = await self.get(confirmation_id)
-        if confirmation is None:
-            return
+        if confirmation is not None:
+            await self._deliver(confirmation)
+
+    async def _deliver(self, confirmation: Confirmation) -> None:
         for callback in list(self._subscribers):
             try:
                 result = callback(confirmation)
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("confirmation subscriber failed", confirmation_id=confirmation_id)
+                log.exception("confirmation subscriber failed", confirmation_id=confirmation.id)
 
     def subscribe(self, callback: Callable[[Confirmation], Any]) -> Callable[[], None]:
         self._subscribers.append(callback)
@@ -204,10 +225,14 @@ class ConfirmationService:
         args = (cid, action.device, {"device": action.device, "action": action.action, "params": action.params},
                 hazard_class, level, prompt, principal.kind, principal.site, principal.session_id,
                 principal.user, correlation_id, float(timeout_s))
-        sql = f"""INSERT INTO confirmations (id, device, action, hazard_class, level, prompt, principal_kind, site,
-                      session_id, requested_user, correlation_id, expires_at)
-                  VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11, now() + make_interval(secs => $12))
-                  RETURNING {_COLUMNS}"""
+        sql = f"""WITH c AS (
+                      INSERT INTO confirmations (id, device, action, hazard_class, level, prompt, principal_kind,
+                                                 site, session_id, requested_user, correlation_id, expires_at)
+                      VALUES ($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9, $10, $11,
+                              now() + make_interval(secs => $12))
+                      RETURNING {_COLUMNS}),
+                  note AS (SELECT {_notify_with_row("c")} FROM c)
+                  SELECT c.* FROM c, note"""  # the row and its announcement in one statement
 
         async def write(c: asyncpg.Connection) -> asyncpg.Record:
             row = await c.fetchrow(sql, *args)
@@ -216,7 +241,6 @@ class ConfirmationService:
                                            body={"confirmation_id": cid, "action": action.action,
                                                  "hazard_class": hazard_class, "level": level,
                                                  "request": correlation_id})
-            await _notify(c, cid, "pending")
             return row
 
         if conn is not None:
@@ -326,8 +350,7 @@ class ConfirmationService:
                      ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
                             SELECT ${actor_arg}, 'confirmation.' || $3, u.device, u.id,
                                    jsonb_build_object('from', $2::text) FROM u),
-                     note AS (SELECT pg_notify('{CHANNEL}', json_build_object('id', u.id, 'state', $3::text)::text)
-                              FROM u)
+                     note AS (SELECT {_notify_with_row("u")} FROM u)
                 SELECT u.* FROM u, note""",  # $1 id, $2 from, $3 to, then extras, then the actor
             cid, from_state, to_state, *extra_args, actor)
         return row
