@@ -4,7 +4,7 @@ One shared ``InferenceSession`` runs on a single worker thread (so the event loo
 intra-op pool is never oversubscribed). Concurrent callers are collected (for at most
 ``batch_window_s``, and only while more keep arriving) and handed to the worker as one batch. Inside
 it each text runs alone by default: the int8 graph quantises activations per tensor, so texts sharing
-a padded run change each other's vectors (min cosine to fp32 0.978 alone, 0.961 in fours, 0.946 in
+a padded run change each other's vectors (min cosine to fp32 0.979 alone, 0.963 in fours, 0.958 in
 32s over the fixture sentences). ``pad_batches=True`` runs one padded tensor instead (exact for an
 fp32 graph, faster under heavy load). A repeated text (after :func:`normalise_text`) is answered from
 the LRU without a model run, so ``kitt_embeddings_computed_total`` counts exactly the texts that went
