@@ -43,9 +43,10 @@ async def test_killed_between_receive_and_commit_the_broker_redelivers(broker: M
             await client.publish(f"kitt/{hub_id}/ask", {"id": "the-one", "text": "are you there?", "site": "den"})
 
             for _ in range(500):  # until the hub's INSERT of it waits on our lock
-                waiting = await admin.fetch(
-                    """SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
-                       AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO inbox%'""")
+                # pg_locks, not pg_stat_activity's query text: a statement the connection prepared before runs
+                # without updating that text, so the waiting INSERT can show as the connection's last query.
+                waiting = await admin.fetch("""SELECT pid FROM pg_locks WHERE relation = 'inbox'::regclass
+                                                 AND NOT granted AND pid <> pg_backend_pid()""")
                 if waiting:
                     break
                 await asyncio.sleep(0.02)

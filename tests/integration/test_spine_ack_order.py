@@ -72,9 +72,11 @@ async def test_pubrec_is_sent_only_after_the_inbox_commit(broker: Mosquitto, db_
             await client.publish(ask_topic, {"id": rid, "text": "hello", "site": "hall"}, qos=2)
 
             async def insert_is_waiting() -> bool:
+                # pg_locks, not pg_stat_activity's query text (a statement prepared before runs without
+                # updating it, so the waiting INSERT can show as the connection's previous query).
                 return bool(await observer.fetchval(
-                    """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
-                       AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO inbox%'"""))
+                    """SELECT count(*) FROM pg_locks WHERE relation = 'inbox'::regclass AND NOT granted
+                       AND pid <> pg_backend_pid()"""))
 
             await _wait_until(insert_is_waiting, what="the hub's inbox INSERT to block on the lock")
             # The hub has the message (PUBLISH went down to it) and is committing it: no PUBREC yet.
