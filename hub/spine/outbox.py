@@ -115,6 +115,18 @@ class OutRow:
     retain: bool
     properties: dict[str, Any]
 
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> OutRow:
+        return cls(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
+                   properties_from_json(r["properties"]))
+
+    def publish_properties(self) -> dict[str, Any]:
+        """Its MQTT 5 properties as gmqtt takes them, the idempotency key as the user property ``id``."""
+        props = dict(self.properties)
+        user = [tuple(p) for p in props.pop("user_property", [])]
+        props["user_property"] = [p for p in user if p[0] != "id"] + [("id", self.key)]
+        return props
+
 
 async def enqueue(
     conn: asyncpg.Connection,
@@ -228,8 +240,7 @@ class OutboxRelay:
             if mid in by_mid or r["qos"] != 2:
                 # Cannot happen with ids held until sent_at commits; if it does, that row is sent afresh.
                 continue
-            row = OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
-                         properties_from_json(r["properties"]))
+            row = OutRow.from_record(r)
             by_mid[mid] = row.id
             held.append(HeldPublish(mid, bool(r["released"]), self._message(row)))
         futures = self._conn.resume(held)
@@ -316,8 +327,7 @@ class OutboxRelay:
         # Checked again now: a row handed over in memory may have committed while the claim was on its way
         # (it is then in one of these sets until its sent_at is committed, and a claim never sees it after).
         rows = [r for r in rows if not self._busy(r["id"])]
-        out = [OutRow(r["id"], r["idempotency_key"], r["topic"], bytes(r["payload"]), r["qos"], r["retain"],
-                      properties_from_json(r["properties"])) for r in sorted(rows, key=lambda r: r["id"])]
+        out = [OutRow.from_record(r) for r in sorted(rows, key=lambda r: r["id"])]
         if await self._publish_rows(out) < len(out):
             return False  # the rest stay claimed by us and go out after the reconnect
         return claimed == BATCH
@@ -378,16 +388,19 @@ class OutboxRelay:
 
     @staticmethod
     def _message(row: OutRow) -> Message:
-        props = dict(row.properties)
-        user = [tuple(p) for p in props.pop("user_property", [])]
-        user = [p for p in user if p[0] != "id"] + [("id", row.key)]
-        return Message(row.topic, row.payload, qos=row.qos, retain=row.retain, user_property=user, **props)
+        return Message(row.topic, row.payload, qos=row.qos, retain=row.retain, **row.publish_properties())
 
     def _track(self, row_id: int, mid: int, fut: asyncio.Future[None]) -> None:
         self._in_flight[row_id] = fut
         self._mid_rows[mid] = row_id
         self._row_mids[row_id] = mid
         fut.add_done_callback(lambda f, rid=row_id: self._ack(rid, f))
+
+    def _free_mids_of(self, row_ids: list[int]) -> None:
+        mids = [mid for mid in (self._row_mids.pop(row_id, None) for row_id in row_ids) if mid is not None]
+        for mid in mids:
+            self._mid_rows.pop(mid, None)
+        self._conn.free_mids(mids)
 
     def _on_pubrec(self, mid: int, send_pubrel: Callable[[], None]) -> bool:
         """PUBREC for one of our rows: the PUBREL waits until ``released`` is committed."""
@@ -424,12 +437,9 @@ class OutboxRelay:
 
     async def _publish(self, row: OutRow) -> bool:
         """Publish one row with its idempotency key; False when the connection is gone."""
-        props = dict(row.properties)
-        user = [tuple(p) for p in props.pop("user_property", [])]
-        user = [p for p in user if p[0] != "id"] + [("id", row.key)]
         try:
             fut = await self._conn.send(row.topic, row.payload, qos=row.qos, retain=row.retain,
-                                        user_property=user, **props)
+                                        **row.publish_properties())
         except SpineError:
             return False
         except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
@@ -449,10 +459,7 @@ class OutboxRelay:
         if fut is not None and (fut.cancelled() or fut.exception() is not None):
             # The broker session was lost: the row is still claimed by us and no longer in flight, so the
             # next claim takes it again (with a new packet id: the broker knows none of the old ones).
-            mid = self._row_mids.pop(row_id, None)
-            if mid is not None:
-                self._mid_rows.pop(mid, None)
-                self._conn.free_mids([mid])
+            self._free_mids_of([row_id])
             log.warning("outbox: publish lost with the broker session; sending again", row=row_id)
             self.notify()
             return
@@ -479,11 +486,7 @@ class OutboxRelay:
                 self._acked_event.set()
                 continue
             self._recording = set()
-            # sent_at is committed: their packet ids may carry other rows now.
-            mids = [mid for mid in (self._row_mids.pop(row_id, None) for row_id in acked) if mid is not None]
-            for mid in mids:
-                self._mid_rows.pop(mid, None)
-            self._conn.free_mids(mids)
+            self._free_mids_of(acked)  # sent_at is committed: their packet ids may carry other rows now
             self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
             if self._on_sent is not None:
                 self._on_sent(acked)

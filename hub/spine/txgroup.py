@@ -42,6 +42,7 @@ import asyncpg
 import structlog
 
 from hub.errors import KittError, StoreWriteError
+from hub.spine.outbox import CLAIM_SECONDS as OUTBOX_CLAIM_SECONDS
 from hub.store import Store
 from hub.store.appends import PendingAppends
 
@@ -78,14 +79,12 @@ _PENDING_SQL = "SELECT id FROM inbox WHERE id = ANY($1::bigint[]) AND state = 'p
 # The connection methods that send a statement: a grouped block's first one opens the group's transaction.
 _STATEMENTS = frozenset({"execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany", "prepare",
                          "copy_records_to_table", "copy_to_table", "copy_from_table", "copy_from_query"})
-# How long an appended outbox row stays claimed by the relay that will publish it from memory.
-OUTBOX_CLAIM_SECONDS = 30.0
 
 
 def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
     outbox = [row for a in appends for row in a.outbox]
     events = [row for a in appends for row in a.events]
-    return [*([list(col) for col in zip(*outbox, strict=True)] if outbox else [[]] * 9), OUTBOX_CLAIM_SECONDS,
+    return [*([list(col) for col in zip(*outbox, strict=True)] if outbox else [[]] * 9), float(OUTBOX_CLAIM_SECONDS),
             *([list(col) for col in zip(*events, strict=True)] if events else [[]] * 6), ids]
 
 
