@@ -17,7 +17,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -467,35 +467,45 @@ class Spine:
         grouped = not inbound.meta.get(SOLO_META) and self._group_policy.grouped(
             name, route.grouped if route is not None else False)
         appends = PendingAppends(None) if grouped else None
+        try:
+            async with self._outbox_block(self._groups.block(row, appends) if grouped else self._solo(row),
+                                          appends) as block:
+                started = time.perf_counter()
+                yield block.conn
+                self._group_policy.record(name, time.perf_counter() - started)
+        except Finished as exc:
+            raise AlreadyHandled(str(exc)) from exc
+        inbound.finished = True
+
+    @asynccontextmanager
+    async def _outbox_block(self, transaction: AbstractAsyncContextManager[asyncpg.Connection],
+                            appends: PendingAppends | None = None) -> AsyncIterator[_Block]:
+        """``transaction``'s connection as a block whose outbox rows this relay publishes from memory after the
+        commit (``enqueue``); if it rolls back, they do not exist. ``appends``: those of a grouped block."""
         block: _Block | None = None
         try:
-            async with (self._groups.block(row, appends) if grouped else self._solo(row)) as conn:
+            async with transaction as conn:
                 if appends is not None:
                     appends.conn = conn
                 block = _Block(conn, appends)
                 token = _current_block.set(block)
                 appends_token = pending_appends.set(appends)
-                started = time.perf_counter()
                 try:
-                    yield conn
+                    yield block
                 finally:
                     pending_appends.reset(appends_token)
                     _current_block.reset(token)
-                self._group_policy.record(name, time.perf_counter() - started)
-        except BaseException as exc:
-            # Rolled back: the rows this block wrote do not exist.
+        except BaseException:
             if block is not None:
                 self.relay.unreserve(r.id for r in block.rows)
-            if isinstance(exc, Finished):
-                raise AlreadyHandled(str(exc)) from exc
             raise
-        inbound.finished = True
-        if block is not None and block.rows:
-            if appends is not None and appends.skipped:
-                self.relay.unreserve(appends.skipped)
-                self.relay.submit(r for r in block.rows if r.id not in appends.skipped)
-            else:
-                self.relay.submit(block.rows)
+        assert block is not None
+        # A grouped block's row whose key was enqueued before was not written (found at the commit).
+        skipped = appends.skipped if appends is not None else frozenset()
+        if skipped:
+            self.relay.unreserve(skipped)
+        if block.rows:
+            self.relay.submit(r for r in block.rows if r.id not in skipped)
 
     @asynccontextmanager
     async def _solo(self, row: int | None) -> AsyncIterator[asyncpg.Connection]:
@@ -541,21 +551,8 @@ class Spine:
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A store transaction whose outbox rows (``enqueue``) this hub's relay publishes from memory right
         after the commit: no table poll and no claim query between the commit and the PUBLISH."""
-        block: _Block | None = None
-        try:
-            async with self._store.transaction() as conn:
-                block = _Block(conn, None)
-                token = _current_block.set(block)
-                try:
-                    yield conn
-                finally:
-                    _current_block.reset(token)
-        except BaseException:
-            if block is not None:
-                self.relay.unreserve(r.id for r in block.rows)
-            raise
-        if block.rows:
-            self.relay.submit(block.rows)
+        async with self._outbox_block(self._store.transaction()) as block:
+            yield block.conn
 
     async def send(self, *, topic: str, payload: Any, key: str, qos: int = 2, retain: bool = False,
                    properties: dict[str, Any] | None = None, correlation_id: str | None = None) -> int | None:
