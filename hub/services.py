@@ -77,8 +77,8 @@ async def before_plugins(hub: Hub) -> None:
     assert hub.store is not None and hub.spine is not None
     spine = hub.spine
     service = ConfirmationService(store=hub.store, metrics=hub.metrics, hazards=hub.config.hazards,
-                                  devices=lambda: hub.services.devices, notify_outbox=spine.notify_outbox,
-                                  dsn=hub.store.dsn, transaction=spine.transaction)
+                                  devices=lambda: hub.services.devices, transaction=spine.transaction,
+                                  dsn=hub.store.dsn)
     await service.start()
     hub.services.confirmations = service
     hub.push_stop(service.stop)

@@ -62,15 +62,27 @@ def _row_to_confirmation(row: asyncpg.Record | dict[str, Any]) -> Confirmation:
     )
 
 
-async def _notify(conn: asyncpg.Connection, confirmation_id: str, state: str) -> None:
-    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, json.dumps({"id": confirmation_id, "state": state}))
-
-
 def _notify_with_row(table: str) -> str:
     """SQL for a ``pg_notify`` that carries the whole row (listeners need not read it back), unless it is too
     big for a notification (8,000 bytes): then only the id, and listeners read the row."""
     return (f"pg_notify('{CHANNEL}', json_build_object('id', {table}.id, 'state', {table}.state, 'row', "
             f"CASE WHEN octet_length(row_to_json({table})::text) < 7000 THEN row_to_json({table}) END)::text)")
+
+
+def _transition_sql(*, set_sql: str, where: str, actor: str, from_state: str) -> str:
+    """One statement for a transition of the rows ``where`` selects: the conditional UPDATE, an audit event per
+    row and a ``pg_notify`` carrying the row (delivered at commit). ``actor`` and ``from_state`` are SQL."""
+    return f"""WITH u AS (UPDATE confirmations SET {set_sql} WHERE {where} RETURNING {_COLUMNS}),
+                    ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
+                           SELECT {actor}, 'confirmation.' || u.state, u.device, u.id,
+                                  jsonb_build_object('from', {from_state}) FROM u),
+                    note AS (SELECT u.id, {_notify_with_row("u")} FROM u)
+               SELECT u.* FROM u JOIN note USING (id)"""
+
+
+_SWEEP_SQL = _transition_sql(set_sql="state = 'expired', error = 'timeout'",
+                             where="state = 'pending' AND expires_at <= now()", actor="'system'",
+                             from_state="'pending'")
 
 
 def _confirmation_from_json(data: dict[str, Any]) -> Confirmation:
@@ -89,18 +101,16 @@ class ConfirmationService:
         metrics: Metrics,
         hazards: HazardsSection,
         devices: Callable[[], DeviceService | None],
-        notify_outbox: Callable[[], None],
+        transaction: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
         dsn: str,
-        transaction: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]] | None = None,
     ) -> None:
-        """``transaction``: where the device command is enqueued (the spine's, whose relay publishes it from
-        memory right after the commit); without it a plain store transaction and ``notify_outbox``."""
+        """``transaction``: where an approval and its device command commit (the spine's, whose relay
+        publishes the command from memory right after the commit)."""
         self._store = store
         self._command_transaction = transaction
         self._metrics = metrics
         self._hazards = hazards
         self._devices = devices
-        self._notify_outbox = notify_outbox
         self._dsn = dsn
         self._subscribers: list[Callable[[Confirmation], Any]] = []
         self._listener: asyncpg.Connection | None = None
@@ -270,8 +280,7 @@ class ConfirmationService:
     async def approve(self, confirmation_id: str, *, principal: Principal, pin: str | None = None) -> Confirmation:
         refusal: ConfirmationError | None = None
         row = None
-        transaction = self._command_transaction or self._store.transaction
-        async with transaction() as conn:
+        async with self._command_transaction() as conn:
             row = await conn.fetchrow(
                 f"SELECT {_COLUMNS}, expires_at <= now() AS expired FROM confirmations WHERE id = $1 FOR UPDATE",
                 confirmation_id)
@@ -284,8 +293,6 @@ class ConfirmationService:
                 await self._security_event("security.confirmation_refused", confirmation_id, principal, refusal.reason)
             raise refusal
         assert row is not None
-        if self._command_transaction is None:
-            self._notify_outbox()
         if os.environ.get("KITT_TEST_CRASH_AFTER") == "confirm_executing":
             os._exit(137)  # test hook: the crash right after confirmed → executing committed
         confirmation = _row_to_confirmation(row)
@@ -344,16 +351,10 @@ class ConfirmationService:
         transition costs one round trip.
         """
         actor_arg = 4 + len(extra_args)
-        row = await conn.fetchrow(
-            f"""WITH u AS (UPDATE confirmations SET state = $3 {extra_sql}
-                           WHERE id = $1 AND state = $2 RETURNING {_COLUMNS}),
-                     ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
-                            SELECT ${actor_arg}, 'confirmation.' || $3, u.device, u.id,
-                                   jsonb_build_object('from', $2::text) FROM u),
-                     note AS (SELECT {_notify_with_row("u")} FROM u)
-                SELECT u.* FROM u, note""",  # $1 id, $2 from, $3 to, then extras, then the actor
+        return await conn.fetchrow(  # $1 id, $2 from, $3 to, then extras, then the actor
+            _transition_sql(set_sql=f"state = $3 {extra_sql}", where="id = $1 AND state = $2",
+                            actor=f"${actor_arg}", from_state="$2::text"),
             cid, from_state, to_state, *extra_args, actor)
-        return row
 
     async def _execute(self, conn: asyncpg.Connection, row: asyncpg.Record, principal: Principal) -> asyncpg.Record:
         cid = row["id"]
@@ -442,14 +443,7 @@ class ConfirmationService:
                 log.error("confirmation sweep failed", error=str(exc))
 
     async def _sweep(self) -> None:
-        async with self._store.transaction() as conn:
-            rows = await conn.fetch(
-                """UPDATE confirmations SET state = 'expired', error = 'timeout'
-                   WHERE state = 'pending' AND expires_at <= now() RETURNING id, device""")
-            for r in rows:
-                await self._store.record_event("confirmation.expired", actor="system", subject=r["device"],
-                                               correlation_id=r["id"], conn=conn, body={"from": "pending"})
-                await _notify(conn, r["id"], "expired")
+        rows = await self._store.write_fetch(_SWEEP_SQL)
         # The gauge scans the whole table: refreshed every few seconds, not on every half-second sweep.
         now = asyncio.get_running_loop().time()
         if rows or now - self._gauge_at >= GAUGE_INTERVAL_S:
