@@ -10,7 +10,7 @@ import argparse
 import asyncio
 import sys
 
-from hub.cli.common import add_config_arg, load_or_exit
+from hub.cli.common import add_config_arg, hub_url, load_or_exit
 from hub.config import Config
 
 
@@ -19,15 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per call to the hub's API")
     add_config_arg(p)
     p.set_defaults(func=_mcp)
-
-
-def hub_url(config: Config) -> str:
-    host = config.web.host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"  # a wildcard listen address is reached on loopback
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{config.web.port}"
 
 
 def _mcp(args: argparse.Namespace) -> int:

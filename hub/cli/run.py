@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import os
 import signal
@@ -13,7 +12,7 @@ import time
 
 import structlog
 
-from hub.cli.common import add_config_arg, load_or_exit
+from hub.cli.common import add_config_arg, load_or_exit, offline_store
 from hub.config import Config
 from hub.errors import KittError
 from hub.logs import configure_logging
@@ -113,26 +112,11 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _do_migrate(config: Config) -> int:
-    from hub.metrics import Metrics
-    from hub.store import EmbeddedPostgres, Store
-
-    embedded = None
-    dsn = config.database.url
-    if dsn == "embedded":
-        embedded = EmbeddedPostgres(data_dir=config.state_dir / "pg")
-        await embedded.start()
-        dsn = embedded.dsn
-    store = Store(dsn=dsn, metrics=Metrics(), pool_min=1, pool_max=2, apply_migrations=False)
     try:
-        await store.start()
-        applied = await store.migrate()
-        print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
-        return 0
+        async with offline_store(config, apply_migrations=False) as store:
+            applied = await store.migrate()
     except KittError as exc:
         print(f"migrate failed: {exc}", file=sys.stderr)
         return 1
-    finally:
-        await store.stop()
-        if embedded is not None:
-            with contextlib.suppress(KittError):
-                await embedded.stop()
+    print(f"applied {len(applied)} migration(s): {applied}" if applied else "schema is up to date")
+    return 0

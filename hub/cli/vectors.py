@@ -10,10 +10,8 @@ import argparse
 import asyncio
 import sys
 import time
-import urllib.error
-import urllib.request
 
-from hub.cli.common import EXIT_UNAVAILABLE, add_config_arg, load_or_exit
+from hub.cli.common import EXIT_UNAVAILABLE, add_config_arg, hub_answers, load_or_exit, offline_store
 from hub.config import Config
 from hub.errors import KittError
 from hub.logs import configure_logging
@@ -27,19 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     rb.set_defaults(func=_rebuild)
 
 
-def _hub_answers(config: Config) -> bool:
-    host = "127.0.0.1" if config.web.host in ("0.0.0.0", "::") else config.web.host
-    try:
-        with urllib.request.urlopen(f"http://{host}:{config.web.port}/healthz", timeout=1):
-            return True
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _rebuild(args: argparse.Namespace) -> int:
     config = load_or_exit(args.config)
     configure_logging(level="warning", fmt=config.hub.log_format)
-    if not config.vectors.url and _hub_answers(config):
+    if not config.vectors.url and hub_answers(config):
         print("the hub is running and owns the embedded vector index: stop it first (systemctl stop kitt-hub)",
               file=sys.stderr)
         return EXIT_UNAVAILABLE
@@ -53,34 +42,23 @@ def _rebuild(args: argparse.Namespace) -> int:
 async def rebuild(config: Config) -> int:
     from hub.embeddings import Embedder
     from hub.memory import rebuild_memory
-    from hub.metrics import Metrics
-    from hub.store import EmbeddedPostgres, Store
     from hub.vectors import open_vector_store
 
     started = time.monotonic()
-    embedded = None
-    dsn = config.database.url
-    if dsn == "embedded":
-        embedded = EmbeddedPostgres(data_dir=config.state_dir / "pg")
-        await embedded.start()
-        dsn = embedded.dsn
-    store = Store(dsn=dsn, metrics=Metrics(), pool_min=1, pool_max=2)
-    embedder = Embedder(model_path=config.resolve(config.embeddings.model),
-                        tokenizer_path=config.resolve(config.embeddings.tokenizer), threads=config.embeddings.threads)
-    vectors = open_vector_store(url=config.vectors.url, api_key=config.vectors.api_key or None,
-                                state_dir=config.state_dir)
-    try:
-        await store.start()
-        await embedder.start()
-        await embedder.wait_ready()
-        await vectors.start()
-        count = await rebuild_memory(store, vectors, embedder.embed, dim=embedder.dim)
-        await vectors.drop_collection("cache")  # derived from the cache entries; refilled as answers come
-    finally:
-        await vectors.stop()
-        await embedder.stop()
-        await store.stop()
-        if embedded is not None:
-            await embedded.stop()
+    async with offline_store(config) as store:
+        embedder = Embedder(model_path=config.resolve(config.embeddings.model),
+                            tokenizer_path=config.resolve(config.embeddings.tokenizer),
+                            threads=config.embeddings.threads)
+        vectors = open_vector_store(url=config.vectors.url, api_key=config.vectors.api_key or None,
+                                    state_dir=config.state_dir)
+        try:
+            await embedder.start()
+            await embedder.wait_ready()
+            await vectors.start()
+            count = await rebuild_memory(store, vectors, embedder.embed, dim=embedder.dim)
+            await vectors.drop_collection("cache")  # derived from the cache entries; refilled as answers come
+        finally:
+            await vectors.stop()
+            await embedder.stop()
     print(f"rebuilt the memory collection: {count} turns in {time.monotonic() - started:.1f}s")
     return 0
