@@ -208,9 +208,7 @@ class EdgeVectorStore:
         ))
         self._unindexed[collection] = self._unindexed.get(collection, 0) + len(points)
         if self._auto_optimize and self._idle is None and self._unindexed[collection] >= self._optimize_every:
-            shard.optimize()
-            info = shard.info()
-            self._unindexed[collection] = max(0, info.points_count - info.indexed_vectors_count)
+            self._optimize_sync(collection)
 
     async def flush(self) -> None:
         """Write buffered points and persist every shard (searches see all earlier upserts after this)."""
