@@ -36,7 +36,7 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 import structlog
@@ -44,7 +44,7 @@ import structlog
 from hub.errors import KittError, StoreWriteError
 from hub.spine.outbox import CLAIM_SECONDS as OUTBOX_CLAIM_SECONDS
 from hub.store import Store
-from hub.store.appends import PendingAppends
+from hub.store.appends import EventAppend, OutboxAppend, PendingAppends
 
 log = structlog.get_logger("kitt.spine.txgroup")
 
@@ -81,11 +81,17 @@ _STATEMENTS = frozenset({"execute", "executemany", "fetch", "fetchrow", "fetchva
                          "copy_records_to_table", "copy_to_table", "copy_from_table", "copy_from_query"})
 
 
+def _columns(rows: list[tuple[Any, ...]], row_type: Any) -> list[list[Any]]:
+    """Rows as one array per column (for ``unnest``); as many empty arrays as the row type has fields."""
+    if not rows:
+        return [[] for _ in get_args(row_type)]
+    return [list(col) for col in zip(*rows, strict=True)]
+
+
 def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
     outbox = [row for a in appends for row in a.outbox]
     events = [row for a in appends for row in a.events]
-    return [*([list(col) for col in zip(*outbox, strict=True)] if outbox else [[]] * 9), float(OUTBOX_CLAIM_SECONDS),
-            *([list(col) for col in zip(*events, strict=True)] if events else [[]] * 6), ids]
+    return [*_columns(outbox, OutboxAppend), float(OUTBOX_CLAIM_SECONDS), *_columns(events, EventAppend), ids]
 
 
 # A route's blocks go to the lanes once this many in a row took at most SHORT_BLOCK_S each.
