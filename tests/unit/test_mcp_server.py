@@ -5,6 +5,7 @@ HTTP endpoint — over the web tests' in-memory services and aiohttp's loopback 
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,12 +46,16 @@ class EventStore(FakeStore):
 
 
 class WordEmbedder:
-    """Bag of words hashed into 64 dimensions: similar sentences share words, so they are near."""
+    """Bag of words hashed into 64 dimensions: similar sentences share words, so they are near.
+
+    crc32, not ``hash()``: str hashes change with every process, and so did which words collided (the memory
+    search test failed now and then).
+    """
 
     async def embed(self, text: str) -> np.ndarray:
         v = np.zeros(64, np.float32)
         for w in text.lower().replace("?", "").split():
-            v[hash(w) % 64] += 1.0
+            v[zlib.crc32(w.encode()) % 64] += 1.0
         return v / (np.linalg.norm(v) or 1.0)
 
 
