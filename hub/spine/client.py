@@ -256,7 +256,8 @@ class MqttConnection:
         self._connected_before = False
         self._pubrec_hook: PubrecHook | None = None
         self._held: list[HeldPublish] = []
-        # Mids of the relay's rows: after PUBCOMP they stay taken until the relay frees them (sent_at committed).
+        # Mids of the relay's rows: taken until the relay frees them (sent_at committed, or the id cleared from
+        # the row), also after PUBCOMP and after a lost session.
         self._durable: set[int] = set()
 
     @property
@@ -372,6 +373,12 @@ class MqttConnection:
         self._storage.reserved_changed()
         return mids
 
+    def park_mids(self, mids: list[int]) -> None:
+        """Ids the relay chose but will not publish now, while a row may still carry them: out of the window,
+        still taken until ``free_mids``."""
+        self._storage.reserved.difference_update(mids)
+        self._storage.reserved_changed()
+
     def free_mids(self, mids: list[int]) -> None:
         """The relay is done with these ids (row marked sent, or never published): gmqtt may reuse them."""
         client = self._client
@@ -468,9 +475,10 @@ class MqttConnection:
         ids._max = min(ids._max, MAX_PACKET_IDS)
         self.window.set_capacity(min(int(recv_max[0]), ids._max))
         if not session_present:
-            # The broker has no handshake of ours: only the relay's chosen, not yet published ids stay taken
-            # (gmqtt frees none of the ids whose store it just cleared).
-            ids._used_ids &= self._storage.reserved
+            # The broker has no handshake of ours. The relay's ids stay taken: those chosen but not yet
+            # published, and those whose publish just failed, until the relay cleared them from their rows
+            # (``free_mids``); a row must never share its id with another unsent row (docs/spine.md).
+            ids._used_ids &= self._storage.reserved | self._durable
         elif not self._connected_before:
             self._finish_previous_session(client, ids._max)
         self._held = []

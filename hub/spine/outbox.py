@@ -60,16 +60,22 @@ RETURNING id, idempotency_key, topic, payload, qos, retain, properties
 
 _SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[]) AND sent_at IS NULL"  # $1 ids
 
-# Before the PUBLISHes leave: each row's packet id in this session. An unsent row still carrying one of these
-# ids in this session is stale (its publish failed with a lost broker session; it is published afresh):
-# clear it, so a successor never finishes a handshake that is not that row's.
+# Before the PUBLISHes leave: each row's packet id in this session. No other unsent row carries one of these
+# ids: an id goes back to the pool only once its row is sent or no longer carries it (``_CLEAR_SQL``).
+# ANY + array_position, not a join with unnest: the generic plan of such a join hashed a sequential scan of the
+# whole table.
 _STAMP_SQL = """
-WITH stale AS (
-    UPDATE outbox SET packet_id = NULL, released = false
-    WHERE packet_session = $3 AND packet_id = ANY($2::int[]) AND sent_at IS NULL AND id <> ALL($1::bigint[]))
-UPDATE outbox SET packet_id = u.mid, packet_session = $3, released = false
-FROM unnest($1::bigint[], $2::int[]) AS u(id, mid) WHERE outbox.id = u.id
+UPDATE outbox SET packet_id = ($2::int[])[array_position($1::bigint[], id)], packet_session = $3, released = false
+WHERE id = ANY($1::bigint[])
 """  # $1 ids, $2 packet ids, $3 client id
+
+# A publish that will not complete under its id (the broker lost the session, or it never left): the row stops
+# carrying the id, and only then may the id carry another row. Unless the row was stamped again meanwhile.
+_CLEAR_SQL = """
+UPDATE outbox SET packet_id = NULL, released = false
+WHERE id = ANY($1::bigint[]) AND sent_at IS NULL AND packet_session = $3
+  AND packet_id = ($2::int[])[array_position($1::bigint[], id)]
+"""  # $1 ids, $2 their packet ids, $3 client id
 
 
 def _released_sql(row_ids: list[int]) -> str:
@@ -195,6 +201,8 @@ class OutboxRelay:
         self._row_mids: dict[int, int] = {}
         self._releasing: list[tuple[int, Callable[[], None]]] = []  # PUBRECs waiting for `released`
         self._releasing_event = asyncio.Event()
+        self._retired: list[tuple[int, int]] = []  # (row, mid) to clear from the row before the mid is freed
+        self._retired_event = asyncio.Event()
         connection.set_pubrec_hook(self._on_pubrec)
 
     def notify(self) -> None:
@@ -223,7 +231,8 @@ class OutboxRelay:
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name="kitt[spine].outbox-relay"),
                        asyncio.create_task(self._mark_sent_loop(), name="kitt[spine].outbox-acks"),
-                       asyncio.create_task(self._release_loop(), name="kitt[spine].outbox-releases")]
+                       asyncio.create_task(self._release_loop(), name="kitt[spine].outbox-releases"),
+                       asyncio.create_task(self._clear_loop(), name="kitt[spine].outbox-retired-ids")]
 
     async def take_back_held(self) -> int:
         """Before the first connect: the rows our previous process was publishing, to finish in its session.
@@ -260,7 +269,9 @@ class OutboxRelay:
         self._ready.clear()
         self._reserved.clear()
         self._releasing.clear()
-        self._conn.free_mids(list(self._mid_rows))
+        # The next process of this client id takes the rows' ids back from the table (take_back_held).
+        self._conn.free_mids([*self._mid_rows, *(mid for _, mid in self._retired)])
+        self._retired.clear()
         self._mid_rows.clear()
         self._row_mids.clear()
 
@@ -368,18 +379,21 @@ class OutboxRelay:
             chunk = rows[done:done + len(mids)]
             try:
                 await self._store.write(_STAMP_SQL, [r.id for r in chunk], mids, self._owner)
-            except BaseException:
-                self._conn.free_mids(mids)  # nothing went out under them
+            except StoreError:
+                self._retire([(r.id, mid) for r, mid in zip(chunk, mids, strict=True)])  # committed or not
                 raise
-            for row, mid in zip(chunk, mids, strict=True):
+            except BaseException:
+                self._conn.free_mids(mids)  # stopping: the next process reads the ids from the rows
+                raise
+            for i, (row, mid) in enumerate(zip(chunk, mids, strict=True)):
                 try:
                     fut = self._conn.publish_with_mid(mid, self._message(row))
                 except SpineError:
-                    self._conn.free_mids(mids[mids.index(mid):])
+                    self._retire([(r.id, m) for r, m in zip(chunk[i:], mids[i:], strict=True)])
                     return done
                 except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
                     log.exception("outbox: cannot publish row; retried after its claim expires", row=row.id)
-                    self._conn.free_mids([mid])
+                    self._retire([(row.id, mid)])
                     done += 1
                     continue
                 self._track(row.id, mid, fut)
@@ -396,11 +410,36 @@ class OutboxRelay:
         self._row_mids[row_id] = mid
         fut.add_done_callback(lambda f, rid=row_id: self._ack(rid, f))
 
-    def _free_mids_of(self, row_ids: list[int]) -> None:
+    def _untrack(self, row_ids: list[int]) -> list[int]:
         mids = [mid for mid in (self._row_mids.pop(row_id, None) for row_id in row_ids) if mid is not None]
         for mid in mids:
             self._mid_rows.pop(mid, None)
-        self._conn.free_mids(mids)
+        return mids
+
+    def _retire(self, pairs: list[tuple[int, int]]) -> None:
+        """These rows will not complete under these ids: the ids stay taken until the rows no longer carry them."""
+        self._conn.park_mids([mid for _, mid in pairs])
+        self._retired.extend(pairs)
+        self._retired_event.set()
+
+    async def _clear_loop(self) -> None:
+        """Clears retired ids from their rows (one UPDATE per batch), then gives the ids back to the pool."""
+        while True:
+            await self._retired_event.wait()
+            self._retired_event.clear()
+            batch, self._retired = self._retired, []
+            if not batch:
+                continue
+            try:
+                await self._store.write(_CLEAR_SQL, [row for row, _ in batch], [mid for _, mid in batch],
+                                        self._owner)
+            except StoreError as exc:
+                log.error("outbox: cannot clear packet ids", error=str(exc), rows=len(batch))
+                self._retired = batch + self._retired
+                await asyncio.sleep(1)
+                self._retired_event.set()
+                continue
+            self._conn.free_mids([mid for _, mid in batch])
 
     def _on_pubrec(self, mid: int, send_pubrel: Callable[[], None]) -> bool:
         """PUBREC for one of our rows: the PUBREL waits until ``released`` is committed."""
@@ -459,7 +498,7 @@ class OutboxRelay:
         if fut is not None and (fut.cancelled() or fut.exception() is not None):
             # The broker session was lost: the row is still claimed by us and no longer in flight, so the
             # next claim takes it again (with a new packet id: the broker knows none of the old ones).
-            self._free_mids_of([row_id])
+            self._retire([(row_id, mid) for mid in self._untrack([row_id])])
             log.warning("outbox: publish lost with the broker session; sending again", row=row_id)
             self.notify()
             return
@@ -486,7 +525,7 @@ class OutboxRelay:
                 self._acked_event.set()
                 continue
             self._recording = set()
-            self._free_mids_of(acked)  # sent_at is committed: their packet ids may carry other rows now
+            self._conn.free_mids(self._untrack(acked))  # sent_at is committed: the ids may carry other rows now
             self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
             if self._on_sent is not None:
                 self._on_sent(acked)

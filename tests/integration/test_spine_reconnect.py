@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from gmqtt import Client
+from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50
 
 from hub.spine.client import MqttConnection
@@ -84,3 +84,94 @@ async def test_a_new_process_releases_the_packet_ids_its_predecessor_left(tmp_pa
             finally:
                 await new.stop()
             assert sorted(m.payload for m in got.messages) == [b"A", b"B"]
+
+
+async def test_a_lost_session_keeps_the_relays_ids_taken_until_it_frees_them(tmp_path: Path) -> None:
+    """The broker lost the session (killed before any save) while a relay publish was in flight under id M.
+    The row may still carry M in the table, so M must not go to another row before the relay clears it from
+    the row and frees it: two unsent rows with one id would let a successor finish the wrong handshake."""
+    with Mosquitto(autosave_interval=3600) as broker:
+        cfg = make_config(dsn="postgresql://unused@127.0.0.1:1/x", state_dir=tmp_path, mqtt_port=broker.port,
+                          mqtt={"reconnect_max_s": 0.5})
+        sessions: list[bool] = []
+
+        async def accept(*_: object) -> int:
+            return 0
+
+        async def connected(session_present: bool) -> None:
+            sessions.append(session_present)
+
+        conn = MqttConnection(settings=cfg.mqtt, client_id=cfg.client_id, status_topic="lost-status/x",
+                              on_message=accept, on_connected=connected, on_disconnected=lambda: None)
+        await conn.start()
+        try:
+            await conn.wait_connected(10)
+            [mid] = conn.allocate_mids(1)
+            await asyncio.to_thread(broker.kill)  # no save: the session is gone with it
+            for _ in range(100):
+                if not conn.connected:
+                    break
+                await asyncio.sleep(0.02)
+            assert not conn.connected
+            done = conn.publish_with_mid(mid, Message("lost/a", b"A", qos=2))  # stored, for the replay
+            await asyncio.to_thread(broker.start)
+            await conn.wait_connected(15)
+            with pytest.raises(Exception):  # noqa: B017 - gmqtt's own error type for a dropped store
+                await asyncio.wait_for(done, 5)
+            assert sessions[-1] is False
+            taken: list[int] = []  # every id the pool has left (it hands them out round-robin)
+            while batch := conn.allocate_mids(1024):
+                taken += batch
+            assert taken and mid not in taken
+            conn.free_mids([mid])  # the relay cleared the row: now the id may carry another
+            assert conn.allocate_mids(1) == [mid]
+            conn.free_mids([*taken, mid])
+        finally:
+            await conn.stop()
+
+
+async def test_rows_in_flight_when_the_broker_loses_the_session_are_sent_afresh(db_dsn: str,
+                                                                             state_dir: Path) -> None:
+    """The broker dies before any save with 10 outbox rows between PUBLISH and PUBREC. After the reconnect
+    (no session) they go out again under new ids, 100 more rows go out meanwhile, no two unsent rows ever
+    carry the same id, and every id goes back to the pool."""
+    flowing = asyncio.Event()
+
+    async def hold_pubrecs(p: Packet) -> None:
+        if p.direction == "down" and p.kind == "PUBREC":
+            await flowing.wait()
+
+    dup_sql = """SELECT count(*) FROM (SELECT packet_id FROM outbox WHERE sent_at IS NULL AND packet_id IS NOT NULL
+                 GROUP BY packet_session, packet_id HAVING count(*) > 1) d"""
+    with Mosquitto(autosave_interval=3600) as broker:
+        async with MqttTap(broker.port, on_packet=hold_pubrecs) as tap:
+            cfg = make_config(dsn=db_dsn, state_dir=state_dir, mqtt_port=tap.port, mqtt={"reconnect_max_s": 0.5})
+            async with running_spine(cfg) as env:
+                spine, store = env.spine, env.store
+                for i in range(10):
+                    await spine.send(topic="lost/cmd", payload={"n": i}, key=f"lost-{i}")
+                for _ in range(200):
+                    if len([p for p in tap.of("PUBLISH", "up") if p.topic == "lost/cmd"]) == 10:
+                        break
+                    await asyncio.sleep(0.02)
+                stamped = await store.fetchval("SELECT count(*) FROM outbox WHERE packet_id IS NOT NULL")
+                assert stamped == 10
+                await asyncio.to_thread(broker.kill)
+                tap.drop_all()
+                flowing.set()
+                await asyncio.to_thread(broker.start)
+                for _ in range(300):
+                    if spine.connection.connected:
+                        break
+                    await asyncio.sleep(0.02)
+                for i in range(10, 110):
+                    await spine.send(topic="lost/cmd", payload={"n": i}, key=f"lost-{i}")
+                for _ in range(1000):
+                    assert await store.fetchval(dup_sql) == 0
+                    if await store.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL") == 0:
+                        break
+                    await asyncio.sleep(0.01)
+                assert await store.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 110
+                assert spine.relay._retired == [] and spine.connection._durable == set()
+                resent = [p for p in tap.of("PUBLISH", "up") if p.topic == "lost/cmd"]
+                assert len(resent) >= 120  # the 10 twice (the broker never delivered the first ones) + 100
