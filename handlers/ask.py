@@ -58,24 +58,33 @@ class AskHandler:
 
     async def _handle(self, msg: Inbound, req: AskRequest) -> None:
         started = time.perf_counter()
-        result = await self._answer(req)
+        understanding = self._ctx.services.understanding
+        if understanding is not None:
+            u = await understanding.understand(req.text, site=req.site)
+            if understanding.acts_locally(u):
+                # Commands, audit events, reply and done mark in one transaction (one commit, not three).
+                async with self._ctx.spine.handling(msg) as conn:
+                    result = await understanding.respond(u, site=req.site, user=req.user, request_id=req.id,
+                                                         actor="ask", started=started, conn=conn)
+                    with span("reply"):
+                        await self._reply(conn, msg, req, result, started)
+                return
+        result = await self._answer(req)  # may wait on the language model: outside the inbox transaction
+        with span("reply"):
+            async with self._ctx.spine.handling(msg) as conn:
+                await self._reply(conn, msg, req, result, started)
+
+    async def _reply(self, conn: Any, msg: Inbound, req: AskRequest, result: dict[str, Any], started: float) -> None:
         spine = self._ctx.spine
         topic, props = spine.reply_target(msg, req.site)
         reply = {"id": req.id, "site": req.site, **result}
-        with span("reply"):
-            await self._reply(msg, req, topic, props, reply, result, started)
-
-    async def _reply(self, msg: Inbound, req: AskRequest, topic: str, props: dict[str, Any], reply: dict[str, Any],
-                     result: dict[str, Any], started: float) -> None:
-        spine = self._ctx.spine
-        async with spine.handling(msg) as conn:
-            await spine.enqueue(conn, topic=topic, payload=reply, key=f"reply:{msg.dedupe_key}",
-                                properties=props, correlation_id=req.id)
-            await self._ctx.store.record_event(
-                "ask.answered", actor="ask", subject=req.site, correlation_id=req.id, conn=conn,
-                body={"text": req.text, "route": result.get("route"),
-                      "ms": round((time.perf_counter() - started) * 1000, 2)},
-            )
+        await spine.enqueue(conn, topic=topic, payload=reply, key=f"reply:{msg.dedupe_key}",
+                            properties=props, correlation_id=req.id)
+        await self._ctx.store.record_event(
+            "ask.answered", actor="ask", subject=req.site, correlation_id=req.id, conn=conn,
+            body={"text": req.text, "route": result.get("route"),
+                  "ms": round((time.perf_counter() - started) * 1000, 2)},
+        )
 
 
 def create(ctx: PluginContext) -> AskHandler:

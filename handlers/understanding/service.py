@@ -294,9 +294,20 @@ class Understander:
 
     async def answer(self, text: str, *, site: str, user: str | None, request_id: str, actor: str) -> dict[str, Any]:
         started = time.perf_counter()
-        principal = Principal(kind="user", site=site, user=user or actor)
         u = await self.understand(text, site=site)
-        outcome = await self.act(u, principal=principal, request_id=request_id or uuid.uuid4().hex)
+        return await self.respond(u, site=site, user=user, request_id=request_id, actor=actor, started=started)
+
+    @staticmethod
+    def acts_locally(u: Understanding) -> bool:
+        """Answered from the house alone (state, or device actions): quick enough to run inside a grouped
+        spine block. Everything else may wait on the language model or on another transaction."""
+        return u.intent in STATE_INTENTS or u.intent in ACTION_INTENTS
+
+    async def respond(self, u: Understanding, *, site: str, user: str | None, request_id: str, actor: str,
+                      started: float, conn: asyncpg.Connection | None = None) -> dict[str, Any]:
+        """Act on an understanding (inside ``conn``'s transaction when given) and say what happened."""
+        principal = Principal(kind="user", site=site, user=user or actor)
+        outcome = await self.act(u, principal=principal, request_id=request_id or uuid.uuid4().hex, conn=conn)
         self._ctx.metrics.request_latency.labels(route=f"understanding.{outcome.route}").observe(
             time.perf_counter() - started)
         return {
