@@ -1,12 +1,20 @@
 """Group commit: callers queue a row and await its commit; one writer task writes whatever queued meanwhile
-in one statement. Used by the inbox (persist before acknowledge) and the spine's own audit events."""
+in one statement. Used by the inbox (persist before acknowledge) and the spine's own audit events.
+``RetryingBatches`` is the same without a caller waiting: what it queues is written until it is written."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+import structlog
 
 from hub.errors import StoreError
+
+log = structlog.get_logger("kitt.spine.batching")
+T = TypeVar("T")
+RETRY_AFTER_S = 1.0
 
 # An item is a tuple of column values whose last element is the caller's future.
 Item = tuple[Any, ...]
@@ -66,3 +74,49 @@ class GroupCommitter:
     def _resolve(item: Item, value: Any = None) -> None:
         if not item[-1].done():
             item[-1].set_result(value)
+
+
+class RetryingBatches(Generic[T]):
+    """Items queued while a write runs go into the next write (one statement per batch, no timer); after a
+    ``StoreError`` the batch goes back in front and is written again a second later, so nothing is dropped.
+    ``after(batch)`` runs once a batch is written. ``run()`` is the writer task's body."""
+
+    def __init__(self, what: str, write: Callable[[list[T]], Awaitable[Any]],
+                 after: Callable[[list[T]], None]) -> None:
+        self._what = what
+        self._write = write
+        self._after = after
+        self.queued: list[T] = []
+        self.writing: list[T] = []
+        self._event = asyncio.Event()
+
+    def add(self, items: Iterable[T]) -> None:
+        self.queued.extend(items)
+        self._event.set()
+
+    def clear(self) -> None:
+        self.queued = []
+        self.writing = []
+
+    def __bool__(self) -> bool:
+        return bool(self.queued or self.writing)
+
+    async def run(self) -> None:
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            batch, self.queued = self.queued, []
+            if not batch:
+                continue
+            self.writing = batch
+            try:
+                await self._write(batch)
+            except StoreError as exc:
+                log.error(f"cannot {self._what}; retrying", error=str(exc), items=len(batch))
+                self.queued = batch + self.queued
+                self.writing = []
+                await asyncio.sleep(RETRY_AFTER_S)
+                self._event.set()
+                continue
+            self.writing = []
+            self._after(batch)

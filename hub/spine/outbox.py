@@ -30,6 +30,7 @@ from gmqtt import Message
 from hub.aio import wait_event
 from hub.errors import SpineError, StoreError
 from hub.metrics import Metrics
+from hub.spine.batching import RetryingBatches
 from hub.spine.client import HeldPublish, MqttConnection
 from hub.spine.inbox import properties_from_json, properties_to_json
 from hub.spine.topics import validate_publish_topic
@@ -186,11 +187,12 @@ class OutboxRelay:
         self._on_sent = on_sent
         self._kick = asyncio.Event()  # something to do: rows handed over in memory, or the table to read
         self._db_due = True  # read the table (poll interval passed, or notify() after someone's commit)
-        self._acked_event = asyncio.Event()
         self._idle = asyncio.Event()
         self._in_flight: dict[int, asyncio.Future[None] | None] = {}
-        self._acked: list[int] = []
-        self._recording: set[int] = set()
+        # Acknowledged rows, until their sent_at is written (an acknowledged row not marked sent would be
+        # published twice: a failed write is retried, never dropped).
+        self._acks: RetryingBatches[int] = RetryingBatches(
+            "record acknowledgements", lambda rows: self._store.write(_SENT_SQL, rows), self._recorded_sent)
         # Rows enqueued by this process, published from memory after their commit (no claim query):
         self._reserved: set[int] = set()  # written inside an open transaction, not committed yet
         self._ready: deque[OutRow] = deque()  # committed, to publish
@@ -199,10 +201,16 @@ class OutboxRelay:
         # QoS 2 rows published under an id we chose: mid <-> row, until the row's sent_at is committed.
         self._mid_rows: dict[int, int] = {}
         self._row_mids: dict[int, int] = {}
-        self._releasing: list[tuple[int, Callable[[], None]]] = []  # PUBRECs waiting for `released`
-        self._releasing_event = asyncio.Event()
-        self._retired: list[tuple[int, int]] = []  # (row, mid) to clear from the row before the mid is freed
-        self._retired_event = asyncio.Event()
+        # PUBRECs, whose PUBREL waits until `released` is written (the broker holds the message meanwhile).
+        self._releases: RetryingBatches[tuple[int, Callable[[], None]]] = RetryingBatches(
+            "record PUBRECs", lambda batch: self._store.write(_released_sql([row for row, _ in batch])),
+            self._send_pubrels)
+        # (row, mid) whose id is cleared from the row before the id goes back to the pool.
+        self._retired: RetryingBatches[tuple[int, int]] = RetryingBatches(
+            "clear packet ids",
+            lambda batch: self._store.write(_CLEAR_SQL, [row for row, _ in batch], [mid for _, mid in batch],
+                                            self._owner),
+            lambda batch: self._conn.free_mids([mid for _, mid in batch]))
         connection.set_pubrec_hook(self._on_pubrec)
 
     def notify(self) -> None:
@@ -230,9 +238,9 @@ class OutboxRelay:
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._run(), name="kitt[spine].outbox-relay"),
-                       asyncio.create_task(self._mark_sent_loop(), name="kitt[spine].outbox-acks"),
-                       asyncio.create_task(self._release_loop(), name="kitt[spine].outbox-releases"),
-                       asyncio.create_task(self._clear_loop(), name="kitt[spine].outbox-retired-ids")]
+                       asyncio.create_task(self._acks.run(), name="kitt[spine].outbox-acks"),
+                       asyncio.create_task(self._releases.run(), name="kitt[spine].outbox-releases"),
+                       asyncio.create_task(self._retired.run(), name="kitt[spine].outbox-retired-ids")]
 
     async def take_back_held(self) -> int:
         """Before the first connect: the rows our previous process was publishing, to finish in its session.
@@ -268,9 +276,10 @@ class OutboxRelay:
         self._in_flight.clear()
         self._ready.clear()
         self._reserved.clear()
-        self._releasing.clear()
+        self._releases.clear()
         # The next process of this client id takes the rows' ids back from the table (take_back_held).
-        self._conn.free_mids([*self._mid_rows, *(mid for _, mid in self._retired)])
+        retired = [mid for _, mid in [*self._retired.queued, *self._retired.writing]]
+        self._conn.free_mids([*self._mid_rows, *retired])
         self._retired.clear()
         self._mid_rows.clear()
         self._row_mids.clear()
@@ -285,7 +294,7 @@ class OutboxRelay:
                 await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
             except TimeoutError:
                 return False
-            if not self._in_flight and not self._acked and not self._recording and not self._ready:
+            if not self._in_flight and not self._acks and not self._ready:
                 return True
             await asyncio.sleep(0.01)
         return False
@@ -309,7 +318,7 @@ class OutboxRelay:
                     while await self._relay_batch():
                         await self._relay_ready()
                     await self._relay_ready()
-                if not self._in_flight and not self._acked and not self._ready:
+                if not self._in_flight and not self._acks.queued and not self._ready:
                     self._idle.set()
                 await self._refresh_gauge()
             except StoreError as exc:
@@ -330,7 +339,7 @@ class OutboxRelay:
     async def _relay_batch(self) -> bool:
         """Claim and publish one batch from the database; True when there may be more right away."""
         # Rows in flight, acknowledged but not yet recorded, or handed over in memory are ours already.
-        busy = [*self._in_flight, *self._acked, *self._recording, *self._reserved]
+        busy = [*self._in_flight, *self._acks.queued, *self._acks.writing, *self._reserved]
         rows = await self._store.write_fetch(_CLAIM_SQL, self._owner, float(CLAIM_SECONDS), BATCH, busy)
         if not rows:
             return False
@@ -419,60 +428,24 @@ class OutboxRelay:
     def _retire(self, pairs: list[tuple[int, int]]) -> None:
         """These rows will not complete under these ids: the ids stay taken until the rows no longer carry them."""
         self._conn.park_mids([mid for _, mid in pairs])
-        self._retired.extend(pairs)
-        self._retired_event.set()
-
-    async def _clear_loop(self) -> None:
-        """Clears retired ids from their rows (one UPDATE per batch), then gives the ids back to the pool."""
-        while True:
-            await self._retired_event.wait()
-            self._retired_event.clear()
-            batch, self._retired = self._retired, []
-            if not batch:
-                continue
-            try:
-                await self._store.write(_CLEAR_SQL, [row for row, _ in batch], [mid for _, mid in batch],
-                                        self._owner)
-            except StoreError as exc:
-                log.error("outbox: cannot clear packet ids", error=str(exc), rows=len(batch))
-                self._retired = batch + self._retired
-                await asyncio.sleep(1)
-                self._retired_event.set()
-                continue
-            self._conn.free_mids([mid for _, mid in batch])
+        self._retired.add(pairs)
 
     def _on_pubrec(self, mid: int, send_pubrel: Callable[[], None]) -> bool:
         """PUBREC for one of our rows: the PUBREL waits until ``released`` is committed."""
         row_id = self._mid_rows.get(mid)
         if row_id is None:
             return False
-        self._releasing.append((row_id, send_pubrel))
-        self._releasing_event.set()
+        self._releases.add([(row_id, send_pubrel)])
         return True
 
-    async def _release_loop(self) -> None:
-        """Batches PUBRECs into one UPDATE (written while the next ones arrive), then sends their PUBRELs."""
-        while True:
-            await self._releasing_event.wait()
-            self._releasing_event.clear()
-            batch, self._releasing = self._releasing, []
-            if not batch:
-                continue
-            try:
-                await self._store.write(_released_sql([row_id for row_id, _ in batch]))
-            except StoreError as exc:
-                # No PUBREL before the row says so: the broker keeps holding the message meanwhile.
-                log.error("outbox: cannot record PUBRECs", error=str(exc), rows=len(batch))
-                self._releasing = batch + self._releasing
-                await asyncio.sleep(1)
-                self._releasing_event.set()
-                continue
-            for _row_id, send_pubrel in batch:
-                send_pubrel()
+    @staticmethod
+    def _send_pubrels(batch: list[tuple[int, Callable[[], None]]]) -> None:
+        for _row_id, send_pubrel in batch:
+            send_pubrel()
 
     def _busy(self, row_id: int) -> bool:
-        return (row_id in self._in_flight or row_id in self._reserved or row_id in self._recording
-                or row_id in self._acked)
+        return (row_id in self._in_flight or row_id in self._reserved or row_id in self._acks.writing
+                or row_id in self._acks.queued)
 
     async def _publish(self, row: OutRow) -> bool:
         """Publish one row with its idempotency key; False when the connection is gone."""
@@ -502,35 +475,15 @@ class OutboxRelay:
             log.warning("outbox: publish lost with the broker session; sending again", row=row_id)
             self.notify()
             return
-        self._acked.append(row_id)
-        self._acked_event.set()
+        self._acks.add([row_id])
 
-    async def _mark_sent_loop(self) -> None:
-        """Batches acknowledgements into one UPDATE (written while the next ones arrive)."""
-        while True:
-            await self._acked_event.wait()
-            self._acked_event.clear()
-            acked, self._acked = self._acked, []
-            if not acked:
-                continue
-            self._recording = set(acked)
-            try:
-                await self._store.write(_SENT_SQL, acked)
-            except StoreError as exc:
-                # Keep them for the next try: an acknowledged row not marked sent would be published twice.
-                log.error("outbox: cannot record acknowledgements", error=str(exc), rows=len(acked))
-                self._acked = acked + self._acked
-                self._recording = set()
-                await asyncio.sleep(1)
-                self._acked_event.set()
-                continue
-            self._recording = set()
-            self._conn.free_mids(self._untrack(acked))  # sent_at is committed: the ids may carry other rows now
-            self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
-            if self._on_sent is not None:
-                self._on_sent(acked)
-            if not self._in_flight and not self._acked and not self._ready and not self._db_due:
-                self._idle.set()
+    def _recorded_sent(self, acked: list[int]) -> None:
+        self._conn.free_mids(self._untrack(acked))  # sent_at is committed: the ids may carry other rows now
+        self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
+        if self._on_sent is not None:
+            self._on_sent(acked)
+        if not self._in_flight and not self._acks.queued and not self._ready and not self._db_due:
+            self._idle.set()
 
     async def _refresh_gauge(self) -> None:
         now = time.monotonic()

@@ -172,6 +172,6 @@ async def test_rows_in_flight_when_the_broker_loses_the_session_are_sent_afresh(
                         break
                     await asyncio.sleep(0.01)
                 assert await store.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL") == 110
-                assert spine.relay._retired == [] and spine.connection._durable == set()
+                assert not spine.relay._retired and spine.connection._durable == set()
                 resent = [p for p in tap.of("PUBLISH", "up") if p.topic == "lost/cmd"]
                 assert len(resent) >= 120  # the 10 twice (the broker never delivered the first ones) + 100
