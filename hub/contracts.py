@@ -98,7 +98,8 @@ class DeviceService(Protocol):
 
         Never checks hazards: callers do (the confirmation service for hazardous ones). ``key`` is the
         idempotency key (MQTT 5 user property ``id``, and in the JSON payload where the bridge allows).
-        The caller calls ``spine.notify_outbox()`` after commit.
+        Commit it with ``spine.transaction()`` (published from memory right after the commit); with a
+        transaction of another kind, call ``spine.notify_outbox()`` after its commit.
         """
         ...
 

@@ -71,9 +71,8 @@ class Understander:
         if conn is not None:
             yield conn
             return
-        async with self._ctx.store.transaction() as own:
+        async with self._ctx.spine.transaction() as own:
             yield own
-        self._ctx.spine.notify_outbox()
 
     # --- understand -----------------------------------------------------------------------------------
 

@@ -126,9 +126,8 @@ class VoicePlugin:
             async with self._ctx.spine.handling(inbound) as conn:
                 yield conn
         else:
-            async with self._ctx.store.transaction() as conn:
+            async with self._ctx.spine.transaction() as conn:
                 yield conn
-            self._ctx.spine.notify_outbox()
 
     def _dedupe_key(self, msg: Inbound) -> str | None:
         """sessionId + step + payload digest: a QoS 1 redelivery is a duplicate; a new turn is not.

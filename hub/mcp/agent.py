@@ -123,12 +123,11 @@ class LocalAgent:
         if store is None or spine is None:
             raise AgentError("unavailable", "the store or the MQTT spine is not running yet")
         key = f"agent:{uuid.uuid4().hex}"
-        async with store.transaction() as conn:
+        async with spine.transaction() as conn:  # the relay publishes the command right after the commit
             outbox_id = await devices.enqueue_command(conn, act, key=key, correlation_id=key)
             await store.record_event("agent.action", actor=self.principal.label, subject=device,
-                                           correlation_id=key, conn=conn,
-                                           body={"action": act.action, "params": act.params})
-        spine.notify_outbox()  # after commit: the relay publishes what is now durable
+                                     correlation_id=key, conn=conn,
+                                     body={"action": act.action, "params": act.params})
         return {"status": "queued", "device": device, "action": action, "key": key, "outbox_id": outbox_id}
 
     async def request_hazardous(self, device: str, action: str,

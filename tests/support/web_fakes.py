@@ -167,11 +167,29 @@ class FakeStore:
 
 
 class FakeSpine:
-    def __init__(self) -> None:
+    """``transaction()`` as the spine's: the store's transaction, then the relay told once it committed."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
         self.notified = 0
 
     def notify_outbox(self) -> None:
         self.notified += 1
+
+    def transaction(self) -> Any:
+        spine = self
+
+        class _Tx:
+            async def __aenter__(self) -> object:
+                self._tx = spine._store.transaction()
+                return await self._tx.__aenter__()
+
+            async def __aexit__(self, *exc: object) -> None:
+                await self._tx.__aexit__(*exc)
+                if exc[0] is None:
+                    spine.notify_outbox()
+
+        return _Tx()
 
 
 def make_event(i: int, kind: str = "device.command", subject: str = "kitchen_light") -> dict[str, Any]:

@@ -94,7 +94,7 @@ def deps_for(*, http_enabled: bool = False) -> WebDeps:
     readiness.add("store", lambda: True)
     deps = WebDeps(config=config, metrics=Metrics(), readiness=readiness, services=services(), token=TOKEN)
     deps.store = EventStore()
-    deps.spine = FakeSpine()
+    deps.spine = FakeSpine(deps.store)
     return deps
 
 

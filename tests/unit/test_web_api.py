@@ -29,7 +29,7 @@ def full_deps(**kw: Any) -> Any:
     deps = make_deps(devices=FakeDevices(), confirmations=FakeConfirmations(), jobs=FakeJobs(), cache=FakeCache(),
                      **kw)
     deps.store = FakeStore([make_event(i) for i in range(1, 8)])
-    deps.spine = FakeSpine()
+    deps.spine = FakeSpine(deps.store)
     return deps
 
 

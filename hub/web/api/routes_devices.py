@@ -73,12 +73,11 @@ async def device_action(call: Call) -> Reply:
         confirmation = await confirmations.request(action, hazard_class=hazard, principal=WEB_PRINCIPAL,
                                                    correlation_id=f"web:{uuid.uuid4().hex[:12]}")
         return Reply(confirmation_out(confirmation), status=202)
-    store, spine = call.deps.store, call.deps.spine
-    if store is None or spine is None:
+    spine = call.deps.spine
+    if call.deps.store is None or spine is None:
         raise ApiError(503, "service_unavailable", "the store or the MQTT spine is not running yet")
     key = f"web:{uuid.uuid4().hex}"
-    async with store.transaction() as conn:
+    async with spine.transaction() as conn:  # the relay publishes the command right after the commit
         outbox_id = await devices.enqueue_command(conn, action, key=key, correlation_id=key)
-    spine.notify_outbox()  # after commit: the relay publishes what is now durable
     return Reply(CommandOut(status="queued", device=action.device, action=action.action, key=key,
                             outbox_id=outbox_id))
