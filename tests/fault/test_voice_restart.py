@@ -23,7 +23,8 @@ import pytest
 
 from devices.simulator import Simulator
 from hub.config import Config
-from tests.support.hermes_hub import base_topic_of, fetch, voice_config_dict
+from tests.support.db import fetch
+from tests.support.hermes_hub import base_topic_of, voice_config_dict
 from tests.support.hermes_sat import Satellite, unique_site
 from tests.support.hubproc import HubProcess
 from tests.support.mqtt import Collector, TestClient

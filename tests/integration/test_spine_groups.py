@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 
 from hub.config import Config
 from hub.spine import AlreadyHandled, Inbound, Route
 from tests.support.config import make_config
+from tests.support.db import fetch
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import SpineEnv, TestClient, running_spine
 
@@ -32,14 +32,6 @@ def broker() -> Iterator[Mosquitto]:
 def cfg(broker: Mosquitto, db_dsn: str, state_dir: Path) -> Config:
     # pool_max 3: one lane, so concurrent blocks share transactions.
     return make_config(dsn=db_dsn, state_dir=state_dir, mqtt_port=broker.port, database={"pool_max": 3})
-
-
-async def _query(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def _until(check: Any, timeout: float = 15.0) -> None:
@@ -75,16 +67,16 @@ async def test_appends_and_own_statements_commit_together_with_the_done_marks(br
         await out.settle(0.3)
     assert sorted(m.json()["n"] for m in received) == list(range(40))
     assert len(out.messages) == 40
-    appended = {r["correlation_id"]: r["id"] for r in await _query(
+    appended = {r["correlation_id"]: r["id"] for r in await fetch(
         cfg.database.url, "SELECT id, correlation_id FROM events WHERE kind = 'test.appended'")}
     assert appended == {k: event for k, (_row, event) in returned.items()}  # the ids handed out are the rows'
-    direct = await _query(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.direct'")
+    direct = await fetch(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.direct'")
     assert sorted(int(r["correlation_id"]) for r in direct) == list(range(1, 40, 2))
-    outbox = {r["idempotency_key"]: r["id"] for r in await _query(
+    outbox = {r["idempotency_key"]: r["id"] for r in await fetch(
         cfg.database.url,
         "SELECT id, idempotency_key FROM outbox WHERE sent_at IS NOT NULL AND idempotency_key LIKE 'out-%'")}
     assert outbox == {f"out-{k}": row for k, (row, _event) in returned.items()}
-    pending = await _query(cfg.database.url, "SELECT count(*) AS n FROM inbox WHERE dedupe_key LIKE 'grp|%' "
+    pending = await fetch(cfg.database.url, "SELECT count(*) AS n FROM inbox WHERE dedupe_key LIKE 'grp|%' "
                                              "AND state <> 'done'")
     assert pending[0]["n"] == 0
 
@@ -103,7 +95,7 @@ async def test_a_row_finished_elsewhere_rolls_back_appends_and_statements(broker
                     await conn.execute("INSERT INTO events (actor, kind) VALUES ('late', 'test.late')")
                 await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/late-out", payload={}, key="late-out")
                 await env.store.record_event("test.late", actor="late", conn=conn)
-                await _query(cfg.database.url, "UPDATE inbox SET state = 'done' WHERE id = $1", msg.inbox_id)
+                await fetch(cfg.database.url, "UPDATE inbox SET state = 'done' WHERE id = $1", msg.inbox_id)
         except AlreadyHandled:
             outcome.append("already handled")
             raise
@@ -123,8 +115,8 @@ async def test_a_row_finished_elsewhere_rolls_back_appends_and_statements(broker
         assert env.sample("kitt_handler_errors_total", handler="late") == 0
     assert outcome == ["already handled"]
     assert out.messages == []
-    assert await _query(cfg.database.url, "SELECT id FROM events WHERE kind = 'test.late'") == []
-    assert await _query(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'late-out'") == []
+    assert await fetch(cfg.database.url, "SELECT id FROM events WHERE kind = 'test.late'") == []
+    assert await fetch(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'late-out'") == []
 
 
 async def test_an_outbox_key_enqueued_before_is_dropped_at_the_commit(broker: Mosquitto, cfg: Config) -> None:
@@ -140,7 +132,7 @@ async def test_an_outbox_key_enqueued_before_is_dropped_at_the_commit(broker: Mo
     route = Route(filter=f"test/{cfg.hub.id}/dup", handler=handler, name="dup", grouped=True)
     async with running_spine(cfg, routes=[route]) as env, TestClient(broker.port) as c:
         state["env"] = env
-        await _query(cfg.database.url, """INSERT INTO outbox (idempotency_key, topic, payload, sent_at)
+        await fetch(cfg.database.url, """INSERT INTO outbox (idempotency_key, topic, payload, sent_at)
                                           VALUES ('dup-key', 'test/dup', 'old', now())""")
         out = await c.collect(f"test/{cfg.hub.id}/dup-out")
         await asyncio.gather(*(c.publish(route.filter, key.encode(), user_properties=[("id", key)])
@@ -148,7 +140,7 @@ async def test_an_outbox_key_enqueued_before_is_dropped_at_the_commit(broker: Mo
         await out.wait_for(2, 15)
         await out.settle(0.5)
     assert sorted(m.json()["key"] for m in out.messages) == ["fresh-1", "fresh-2"]
-    rows = {r["idempotency_key"]: r["id"] for r in await _query(
+    rows = {r["idempotency_key"]: r["id"] for r in await fetch(
         cfg.database.url, "SELECT id, idempotency_key FROM outbox WHERE idempotency_key = ANY($1::text[])",
         ["dup-key", "fresh-1", "fresh-2"])}
     assert rows["fresh-1"] == ids["fresh-1"] and rows["fresh-2"] == ids["fresh-2"]
@@ -176,13 +168,13 @@ async def test_a_block_whose_data_cannot_be_written_fails_alone(broker: Mosquitt
                                for n in names))
 
         async def settled() -> bool:
-            rows = await _query(cfg.database.url, "SELECT state FROM inbox WHERE dedupe_key LIKE 'poison|%'")
+            rows = await fetch(cfg.database.url, "SELECT state FROM inbox WHERE dedupe_key LIKE 'poison|%'")
             return len(rows) == 5 and all(r["state"] != "pending" for r in rows)
 
         await _until(settled)
         assert env.sample("kitt_handler_errors_total", handler="poison") == 1
-    events = await _query(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.poison'")
+    events = await fetch(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.poison'")
     assert sorted(r["correlation_id"] for r in events) == ["good-1", "good-2", "good-3", "good-4"]
-    states = {r["dedupe_key"].rsplit("|", 1)[1]: r["state"] for r in await _query(
+    states = {r["dedupe_key"].rsplit("|", 1)[1]: r["state"] for r in await fetch(
         cfg.database.url, "SELECT dedupe_key, state FROM inbox WHERE dedupe_key LIKE 'poison|%'")}
     assert states == {"p-bad": "failed", **{f"p-{n}": "done" for n in names if n != "bad"}}

@@ -20,7 +20,8 @@ import pytest
 from devices.simulator import Simulator
 from hub.app import Hub
 from hub.config import Config
-from tests.support.hermes_hub import base_topic_of, fetch, running_hub, voice_config_dict
+from tests.support.db import fetch
+from tests.support.hermes_hub import base_topic_of, running_hub, voice_config_dict
 from tests.support.hermes_sat import Satellite, unique_site
 from tests.support.mqtt import Collector, TestClient
 

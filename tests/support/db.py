@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -58,3 +59,12 @@ def temp_database_sync(prefix: str = "kitt_test") -> Iterator[str]:
         yield dsn
     finally:
         asyncio.run(drop_database(dsn))
+
+
+async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """One query on a connection of its own (the test's view of the database, outside the hub's pool)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql, *args)
+    finally:
+        await conn.close()

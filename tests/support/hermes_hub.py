@@ -12,8 +12,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from hub.app import Hub, wait_ready
 from hub.config import Config
 from tests.support.config import make_config_dict
@@ -52,9 +50,3 @@ async def running_hub(config: dict[str, Any]) -> AsyncIterator[Hub]:
         yield hub
 
 
-async def fetch(dsn: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
