@@ -290,9 +290,7 @@ class OutboxRelay:
         while time.monotonic() < deadline:
             self._idle.clear()
             self.notify()
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(0.01, deadline - time.monotonic()))
-            except TimeoutError:
+            if not await wait_event(self._idle, max(0.01, deadline - time.monotonic())):
                 return False
             if not self._in_flight and not self._acks and not self._ready:
                 return True
