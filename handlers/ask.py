@@ -7,6 +7,7 @@ redelivered after a crash has exactly one reply and one event.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -43,13 +44,6 @@ class AskHandler:
     async def stop(self) -> None:
         return None
 
-    async def _answer(self, req: AskRequest) -> dict[str, Any]:
-        understanding = self._ctx.services.understanding
-        if understanding is None:
-            return {"text": f"You said: {req.text}", "route": "echo"}
-        return await understanding.answer(req.text, site=req.site, user=req.user, request_id=req.id,
-                                          actor="ask")
-
     async def handle(self, msg: Inbound) -> None:
         req: AskRequest = msg.data
         # Every log line and span of this request carries its id (request → understand → act → reply).
@@ -59,17 +53,20 @@ class AskHandler:
     async def _handle(self, msg: Inbound, req: AskRequest) -> None:
         started = time.perf_counter()
         understanding = self._ctx.services.understanding
-        if understanding is not None:
+        if understanding is None:
+            result: dict[str, Any] = {"text": f"You said: {req.text}", "route": "echo"}
+        else:
             u = await understanding.understand(req.text, site=req.site)
+            respond = functools.partial(understanding.respond, u, site=req.site, user=req.user,
+                                        request_id=req.id, actor="ask", started=started)
             if understanding.acts_locally(u):
                 # Commands, audit events, reply and done mark in one transaction (one commit, not three).
                 async with self._ctx.spine.handling(msg) as conn:
-                    result = await understanding.respond(u, site=req.site, user=req.user, request_id=req.id,
-                                                         actor="ask", started=started, conn=conn)
+                    result = await respond(conn=conn)
                     with span("reply"):
                         await self._reply(conn, msg, req, result, started)
                 return
-        result = await self._answer(req)  # may wait on the language model: outside the inbox transaction
+            result = await respond()  # may wait on the language model: outside the inbox transaction
         with span("reply"):
             async with self._ctx.spine.handling(msg) as conn:
                 await self._reply(conn, msg, req, result, started)
