@@ -13,12 +13,20 @@ import pytest
 import structlog
 
 from tests.support.db import temporary_database
+from tests.support.mosquitto import Mosquitto
 
 
 @pytest.fixture
 async def db_dsn() -> AsyncIterator[str]:
     async with temporary_database() as dsn:
         yield dsn
+
+
+@pytest.fixture
+def broker() -> Iterator[Mosquitto]:
+    """A private Mosquitto for the test (its own port and persistence folder), which it may stop and restart."""
+    with Mosquitto() as b:
+        yield b
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the restart and it is answered exactly once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -19,12 +18,6 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import TestClient
 
 pytestmark = pytest.mark.fault
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def test_killed_between_receive_and_commit_the_broker_redelivers(broker: Mosquitto, db_dsn: str,

@@ -17,7 +17,6 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -34,12 +33,6 @@ REQUESTS = 24
 FANOUT = 25
 KILLS = 8
 PUBLISH_SECONDS = 10.0
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def _kill_mid_handshake(hub: HubProcess, dsn: str, rng: random.Random,

@@ -4,7 +4,6 @@ nothing it acknowledged, and the outbox delivers every row."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,6 @@ from tests.support.mqtt import TestClient, check_replies
 pytestmark = pytest.mark.fault
 
 REQUESTS = 600
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 @pytest.mark.parametrize("down_s", [0.0, 2.5])

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,12 +31,6 @@ pytestmark = pytest.mark.fault
 REQUESTS = 1000
 KILLS = 5
 PUBLISH_SECONDS = 6.0
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def test_sigkill_during_processing_loses_and_doubles_nothing(broker: Mosquitto, db_dsn: str,

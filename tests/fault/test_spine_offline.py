@@ -3,7 +3,6 @@ processed exactly once when it starts again."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,6 @@ from tests.support.mqtt import TestClient, check_replies
 pytestmark = pytest.mark.fault
 
 REQUESTS = 200
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def test_requests_sent_while_the_hub_is_down_are_processed_once(broker: Mosquitto, db_dsn: str,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,6 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import MqttTap, Packet, TestClient, running_spine
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ and arrives, exactly once each, when the handler moves again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.integration
 
 RECEIVE_MAXIMUM = 5
 FLOOD = 600
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def test_a_flood_is_held_at_the_broker_and_then_delivered_once(broker: Mosquitto, db_dsn: str,

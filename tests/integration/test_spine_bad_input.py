@@ -12,7 +12,6 @@ import os
 import random
 import string
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.integration
 TOTAL = 10_000
 WARMUP = 1_000
 RSS_MARGIN = 40 * 1024 * 1024
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 def _junk(rng: random.Random) -> bytes:

@@ -6,7 +6,6 @@ finished elsewhere, and a block whose data cannot be written (it fails alone, th
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,6 @@ from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import SpineEnv, TestClient, running_spine
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 @pytest.fixture

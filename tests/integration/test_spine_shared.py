@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -17,12 +16,6 @@ from tests.support.mqtt import TestClient, check_replies
 pytestmark = pytest.mark.integration
 
 REQUESTS = 1000
-
-
-@pytest.fixture
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
 
 
 async def test_two_hubs_split_the_load_and_handle_each_request_once(broker: Mosquitto, db_dsn: str,
