@@ -11,7 +11,7 @@ bridge topic unique to the test, so "executed" means "the bridge command was pub
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,11 @@ async def test_retained_commands_at_start_are_not_executed_and_approve_runs_exac
             cancelled = await _event(events, "cancelled")
             assert cancelled["confirmation_id"] == bedroom
             assert (await confirmations.get(bedroom)).state == "cancelled"
-            # Every HA command is in the audit trail, with its outcome.
-            audited = await store.events(kind="homeassistant.command", limit=10)
+            # Every HA command is in the audit trail, with its outcome. The cancel's row commits with its
+            # inbox row, after the confirmation (and so the "cancelled" event above): wait for all three.
+            audited = await wait_until(
+                lambda: _at_least(store.events(kind="homeassistant.command", limit=10), 3),
+                what="three audited Home Assistant commands")
             assert [(e["subject"], e["body"]["ok"]) for e in reversed(audited)] == [
                 ("approve_kitchen", True), ("approve_kitchen", False), ("cancel_bedroom", True)]
 
@@ -175,6 +178,11 @@ async def _ignored(store: Any, topic: str) -> bool:
 
 async def _inbox_settled(store: Any) -> bool:
     return await store.fetchval("SELECT count(*) = 0 FROM inbox WHERE state = 'pending'")
+
+
+async def _at_least(rows: Awaitable[list[dict[str, Any]]], n: int) -> list[dict[str, Any]] | None:
+    found = await rows
+    return found if len(found) >= n else None
 
 
 async def _ignored_both(store: Any, base: str) -> bool:
