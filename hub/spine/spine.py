@@ -34,7 +34,7 @@ from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id,
 from hub.spine.topics import HubTopics
 from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups
 from hub.store import Store
-from hub.store.appends import IdReserve, PendingAppends, pending_appends
+from hub.store.appends import IdReserve, PendingAppends, appends_for, pending_appends
 
 log = structlog.get_logger("kitt.spine")
 
@@ -60,14 +60,10 @@ class AlreadyHandled(SpineError):
 
 class _Block:
     """The ``handling()`` block running in this task: outbox rows written in it go to the relay in memory.
+    (A grouped block's rows and events are written at the group's commit: ``hub.store.appends``.)"""
 
-    ``appends``: set when the block shares a group transaction; its outbox rows and events are then written
-    at the group's commit (``hub.store.appends``).
-    """
-
-    def __init__(self, conn: asyncpg.Connection, appends: PendingAppends | None) -> None:
+    def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
-        self.appends = appends
         self.rows: list[OutRow] = []
 
 
@@ -487,7 +483,7 @@ class Spine:
             async with transaction as conn:
                 if appends is not None:
                     appends.conn = conn
-                block = _Block(conn, appends)
+                block = _Block(conn)
                 token = _current_block.set(block)
                 appends_token = pending_appends.set(appends)
                 try:
@@ -518,21 +514,23 @@ class Spine:
     async def enqueue(self, conn: asyncpg.Connection, *, topic: str, payload: Any, key: str, qos: int = 2,
                       retain: bool = False, properties: dict[str, Any] | None = None,
                       correlation_id: str | None = None) -> int | None:
-        """An outbox row in the caller's transaction; call ``notify_outbox()`` after the commit.
+        """An outbox row in the caller's transaction.
 
-        Inside ``handling()`` the row is reserved for this hub's relay and published from memory right after
-        the commit (no claim query); elsewhere any relay takes it from the table. Returns the row's id, or None
+        Inside ``handling()`` or ``transaction()`` the row is reserved for this hub's relay and published from
+        memory right after the commit (no claim query); in any other transaction, call ``notify_outbox()``
+        after its commit, and any relay takes the row from the table. Returns the row's id, or None
         when the key was enqueued before; in a grouped block that is only found at the commit, so the id is
         returned and the row is then dropped (not published).
         """
         block = _current_block.get()
         mine = block is not None and block.conn is conn
         row: OutRow | None
-        if mine and block is not None and block.appends is not None:
+        appends = appends_for(conn) if mine else None
+        if appends is not None:
             # Written with the group, just before its commit; a key enqueued before is dropped then.
             row = new_row(await self._outbox_ids.take(), topic=topic, payload=payload, key=key, qos=qos,
                           retain=retain, properties=properties)
-            block.appends.outbox.append(as_append(row, correlation_id=correlation_id, claimed_by=self._owner))
+            appends.outbox.append(as_append(row, correlation_id=correlation_id, claimed_by=self._owner))
         else:
             row = await enqueue(conn, topic=topic, payload=payload, key=key, qos=qos, retain=retain,
                                 properties=properties, correlation_id=correlation_id,
