@@ -6,7 +6,7 @@ from the registry. Compiled once at start; recognising is pure CPU (about a mill
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,19 @@ class TemplateMatch:
     slots: dict[str, Any]
     wildcards: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    area_from_context: bool = False  # slots["area"] is the speaker's area, not a word of the sentence
+
+    def in_area(self, area: str) -> TemplateMatch:
+        """The same match heard in another area (only a context-filled area slot differs)."""
+        if not self.area_from_context or self.slots.get("area") == area:
+            return self
+        return replace(self, slots={**self.slots, "area": area})
+
+
+# Memo key for "some area": the sentences condition on the area context only by its presence
+# (``requires_context: area: {slot: true}``), so a sentence recognized in one area is recognized the same way
+# in every other, up to the area slot that context filled in.
+_ANY_AREA = "\x00any-area"
 
 
 def load_sentences(language: str, *, own: bool = True) -> dict[str, Any]:
@@ -71,6 +84,16 @@ def slot_lists(registry: Registry, extra_areas: tuple[str, ...] = ()) -> dict[st
     }
 
 
+def _area_by_presence_only(intents: Intents) -> bool:
+    """True if no sentence asks for (or excludes) a particular area, only for an area being known."""
+    for intent in intents.intents.values():
+        for data in intent.data:
+            for context in (data.requires_context, data.excludes_context):
+                if context and "area" in context and context["area"] != {"slot": True}:
+                    return False
+    return True
+
+
 class TemplateRecognizer:
     def __init__(self, registry: Registry, *, language: str = "en", extra_areas: tuple[str, ...] = (),
                  own_sentences: bool = True, memo_size: int = 1024) -> None:
@@ -84,10 +107,12 @@ class TemplateRecognizer:
         # Spoken commands in a house repeat a lot; hassil costs 2-3 ms a sentence, a hit costs nothing.
         self._memo: OrderedDict[tuple[str, str | None, tuple[str, ...] | None], TemplateMatch | None] = OrderedDict()
         self._memo_size = memo_size
+        self._area_shared = False
 
     def compile(self) -> None:
         self._intents = Intents.from_dict(load_sentences(self._language, own=self._own))
         self._slots = slot_lists(self._registry, self._extra_areas)
+        self._area_shared = _area_by_presence_only(self._intents)
         # The first recognition compiles hassil's regex filters; do it now, not on someone's request.
         self.recognize("turn on the light")
 
@@ -110,15 +135,18 @@ class TemplateRecognizer:
 
     def recognize(self, text: str, *, area: str | None = None,
                   intent_filter: tuple[str, ...] | None = None) -> TemplateMatch | None:
-        key = (" ".join(text.lower().split()), area, intent_filter)
+        # One entry for all areas: a command first heard in the kitchen costs nothing in the bedroom.
+        area_key = (_ANY_AREA if self._area_shared else area) if area else None
+        key = (" ".join(text.lower().split()), area_key, intent_filter)
         if key in self._memo:
             self._memo.move_to_end(key)
-            return self._memo[key]
-        found = self._recognize(text, area=area, intent_filter=intent_filter)
-        self._memo[key] = found
-        if len(self._memo) > self._memo_size:
-            self._memo.popitem(last=False)
-        return found
+            found = self._memo[key]
+        else:
+            found = self._recognize(text, area=area, intent_filter=intent_filter)
+            self._memo[key] = found
+            if len(self._memo) > self._memo_size:
+                self._memo.popitem(last=False)
+        return found.in_area(area) if found is not None and area else found
 
     def _recognize(self, text: str, *, area: str | None,
                    intent_filter: tuple[str, ...] | None) -> TemplateMatch | None:
@@ -129,5 +157,8 @@ class TemplateRecognizer:
             return None
         slots = {k: e.value for k, e in result.entities.items()}
         wildcards = sum(1 for e in result.entities_list if e.is_wildcard)
+        spoken_area = result.entities.get("area")
+        # hassil fills a slot the sentence lacks from the context with no spoken text.
+        from_context = spoken_area is not None and not spoken_area.text and spoken_area.value == area
         return TemplateMatch(intent=result.intent.name, slots=slots, wildcards=wildcards,
-                             metadata=dict(result.intent_metadata or {}))
+                             metadata=dict(result.intent_metadata or {}), area_from_context=from_context)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hassil import Intents
 
 from devices.registry import Registry
 from handlers.understanding.fallback import ExemplarMatcher
 from handlers.understanding.pipeline import Pipeline
-from handlers.understanding.recognizer import TemplateRecognizer
+from handlers.understanding.recognizer import TemplateMatch, TemplateRecognizer, _area_by_presence_only
 from hub.config import DeviceSection
 from hub.contracts import DeviceAction
 from tests.support.config import demo_devices
@@ -87,3 +88,38 @@ def test_fallback_needs_a_clear_margin(registry: Registry) -> None:
     vectors[off] = np.array([0.99, 0.141, 0, 0, 0, 0, 0, 0], np.float32)
     matcher.load(vectors)
     assert matcher.match("kitchen light please", np.array([1, 0, 0, 0, 0, 0, 0, 0], np.float32)) is None
+
+
+def test_a_sentence_heard_in_one_area_is_recognized_in_another_without_hassil(registry: Registry) -> None:
+    recognizer = TemplateRecognizer(registry, extra_areas=("kitchen", "bedroom"))
+    recognizer.compile()
+    fresh = {area: recognizer._recognize("turn on the light", area=area, intent_filter=None)
+             for area in ("kitchen", "bedroom")}
+    calls: list[str | None] = []
+    real = recognizer._recognize
+
+    def counting(text: str, *, area: str | None, intent_filter: tuple[str, ...] | None) -> TemplateMatch | None:
+        calls.append(area)
+        return real(text, area=area, intent_filter=intent_filter)
+
+    recognizer._recognize = counting  # type: ignore[method-assign]
+    in_kitchen = recognizer.recognize("turn on the light", area="kitchen")
+    in_bedroom = recognizer.recognize("Turn on  the light", area="bedroom")
+    assert calls == ["kitchen"]
+    # The area the context filled in is the speaker's, as hassil itself gives it for each area.
+    assert (in_kitchen, in_bedroom) == (fresh["kitchen"], fresh["bedroom"])
+    assert in_bedroom is not None and in_bedroom.slots["area"] == "bedroom"
+    # A spoken name keeps its own slots; with no area at all the sentence is recognized on its own.
+    named = recognizer.recognize("turn on the kitchen light", area="bedroom")
+    assert named is not None and "area" not in named.slots
+    assert recognizer.recognize("turn on the lights", area=None) is None
+    assert calls == ["kitchen", "bedroom", None]
+
+
+def test_a_sentence_for_one_particular_area_keeps_the_memo_per_area() -> None:
+    def intents(area_context: dict[str, object]) -> Intents:
+        return Intents.from_dict({"language": "en", "intents": {"HassTurnOn": {"data": [
+            {"sentences": ["turn on the light"], "requires_context": {"area": area_context}}]}}})
+
+    assert _area_by_presence_only(intents({"slot": True}))
+    assert not _area_by_presence_only(intents({"value": "kitchen"}))
