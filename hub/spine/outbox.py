@@ -292,7 +292,7 @@ class OutboxRelay:
             self.notify()
             if not await wait_event(self._idle, max(0.01, deadline - time.monotonic())):
                 return False
-            if not self._in_flight and not self._acks and not self._ready:
+            if self._nothing_to_send() and not self._acks.writing:
                 return True
             await asyncio.sleep(0.01)
         return False
@@ -316,7 +316,7 @@ class OutboxRelay:
                     while await self._relay_batch():
                         await self._relay_ready()
                     await self._relay_ready()
-                if not self._in_flight and not self._acks.queued and not self._ready:
+                if self._nothing_to_send():
                     self._idle.set()
                 await self._refresh_gauge()
             except StoreError as exc:
@@ -336,15 +336,15 @@ class OutboxRelay:
 
     async def _relay_batch(self) -> bool:
         """Claim and publish one batch from the database; True when there may be more right away."""
-        # Rows in flight, acknowledged but not yet recorded, or handed over in memory are ours already.
-        busy = [*self._in_flight, *self._acks.queued, *self._acks.writing, *self._reserved]
-        rows = await self._store.write_fetch(_CLAIM_SQL, self._owner, float(CLAIM_SECONDS), BATCH, busy)
+        rows = await self._store.write_fetch(_CLAIM_SQL, self._owner, float(CLAIM_SECONDS), BATCH,
+                                             list(self._ours()))
         if not rows:
             return False
         claimed = len(rows)
         # Checked again now: a row handed over in memory may have committed while the claim was on its way
         # (it is then in one of these sets until its sent_at is committed, and a claim never sees it after).
-        rows = [r for r in rows if not self._busy(r["id"])]
+        ours = self._ours()
+        rows = [r for r in rows if r["id"] not in ours]
         out = [OutRow.from_record(r) for r in sorted(rows, key=lambda r: r["id"])]
         if await self._publish_rows(out) < len(out):
             return False  # the rest stay claimed by us and go out after the reconnect
@@ -441,9 +441,13 @@ class OutboxRelay:
         for _row_id, send_pubrel in batch:
             send_pubrel()
 
-    def _busy(self, row_id: int) -> bool:
-        return (row_id in self._in_flight or row_id in self._reserved or row_id in self._acks.writing
-                or row_id in self._acks.queued)
+    def _ours(self) -> set[int]:
+        """Rows in flight, acknowledged but not yet recorded, or handed over in memory: never claimed again."""
+        return {*self._in_flight, *self._acks.queued, *self._acks.writing, *self._reserved}
+
+    def _nothing_to_send(self) -> bool:
+        """No row in flight, waiting to be published from memory, or acknowledged and not yet being recorded."""
+        return not self._in_flight and not self._acks.queued and not self._ready
 
     async def _publish(self, row: OutRow) -> bool:
         """Publish one row with its idempotency key; False when the connection is gone."""
@@ -480,7 +484,7 @@ class OutboxRelay:
         self._metrics.mqtt_published.labels(topic_class="outbox").inc(len(acked))
         if self._on_sent is not None:
             self._on_sent(acked)
-        if not self._in_flight and not self._acks.queued and not self._ready and not self._db_due:
+        if self._nothing_to_send() and not self._db_due:
             self._idle.set()
 
     async def _refresh_gauge(self) -> None:
