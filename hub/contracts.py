@@ -161,8 +161,14 @@ class UnderstandingService(Protocol):
         for anything else. With ``conn``, outbox rows and events join the caller's transaction."""
         ...
 
-    async def answer(self, text: str, *, site: str, user: str | None, request_id: str, actor: str) -> dict[str, Any]:
-        """understand + act for a text request (``kitt/<id>/ask``, CLI): returns {"text", "route", …}."""
+    def acts_locally(self, understanding: Understanding) -> bool:
+        """Answered from the house alone (state, device actions): short enough for a grouped spine block."""
+        ...
+
+    async def respond(self, understanding: Understanding, *, site: str, user: str | None, request_id: str,
+                      actor: str, started: float, conn: asyncpg.Connection | None = None) -> dict[str, Any]:
+        """``act`` for a text request (``kitt/<id>/ask``): returns {"text", "route", …}; with ``conn``, inside
+        the caller's transaction."""
         ...
 
 

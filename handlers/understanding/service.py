@@ -291,11 +291,6 @@ class Understander:
 
     # --- answer ---------------------------------------------------------------------------------------
 
-    async def answer(self, text: str, *, site: str, user: str | None, request_id: str, actor: str) -> dict[str, Any]:
-        started = time.perf_counter()
-        u = await self.understand(text, site=site)
-        return await self.respond(u, site=site, user=user, request_id=request_id, actor=actor, started=started)
-
     @staticmethod
     def acts_locally(u: Understanding) -> bool:
         """Answered from the house alone (state, or device actions): quick enough to run inside a grouped
