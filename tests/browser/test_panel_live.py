@@ -10,8 +10,9 @@ import aiohttp
 import pytest
 
 from tests.support.mqtt import TestClient
+from tests.support.wait import eventually
 from tests.support.web_browser import browser_page, log_in
-from tests.support.web_hub import eventually, get_json, web_hub
+from tests.support.web_hub import get_json, web_hub
 
 pytestmark = pytest.mark.browser
 playwright = pytest.importorskip("playwright.async_api", reason="playwright (Python) is not installed")

@@ -8,7 +8,8 @@ import aiohttp
 import pytest
 
 from tests.support.mqtt import TestClient
-from tests.support.web_hub import eventually, get_json, web_hub
+from tests.support.wait import eventually
+from tests.support.web_hub import get_json, web_hub
 
 pytestmark = pytest.mark.integration
 

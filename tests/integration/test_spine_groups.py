@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from tests.support.config import make_config
 from tests.support.db import fetch
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import SpineEnv, TestClient, running_spine
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -25,14 +25,6 @@ pytestmark = pytest.mark.integration
 def cfg(broker: Mosquitto, db_dsn: str, state_dir: Path) -> Config:
     # pool_max 3: one lane, so concurrent blocks share transactions.
     return make_config(dsn=db_dsn, state_dir=state_dir, mqtt_port=broker.port, database={"pool_max": 3})
-
-
-async def _until(check: Any, timeout: float = 15.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_appends_and_own_statements_commit_together_with_the_done_marks(broker: Mosquitto,
@@ -100,10 +92,7 @@ async def test_a_row_finished_elsewhere_rolls_back_appends_and_statements(broker
         out = await c.collect(f"test/{cfg.hub.id}/late-out")
         await c.publish(route.filter, b"x", user_properties=[("id", f"late-{own_statement}")])
 
-        async def decided() -> bool:
-            return bool(outcome)
-
-        await _until(decided)
+        await eventually(lambda: outcome, timeout=15.0, interval=0.05)
         await out.settle(0.3)
         assert env.sample("kitt_handler_errors_total", handler="late") == 0
     assert outcome == ["already handled"]
@@ -164,7 +153,7 @@ async def test_a_block_whose_data_cannot_be_written_fails_alone(broker: Mosquitt
             rows = await fetch(cfg.database.url, "SELECT state FROM inbox WHERE dedupe_key LIKE 'poison|%'")
             return len(rows) == 5 and all(r["state"] != "pending" for r in rows)
 
-        await _until(settled)
+        await eventually(settled, timeout=15.0, interval=0.05)
         assert env.sample("kitt_handler_errors_total", handler="poison") == 1
     events = await fetch(cfg.database.url, "SELECT correlation_id FROM events WHERE kind = 'test.poison'")
     assert sorted(r["correlation_id"] for r in events) == ["good-1", "good-2", "good-3", "good-4"]

@@ -14,6 +14,7 @@ from hub.spine.client import MqttConnection
 from tests.support.config import make_config
 from tests.support.mosquitto import Mosquitto
 from tests.support.mqtt import MqttTap, Packet, TestClient, running_spine
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -108,11 +109,7 @@ async def test_a_lost_session_keeps_the_relays_ids_taken_until_it_frees_them(tmp
             await conn.wait_connected(10)
             [mid] = conn.allocate_mids(1)
             await asyncio.to_thread(broker.kill)  # no save: the session is gone with it
-            for _ in range(100):
-                if not conn.connected:
-                    break
-                await asyncio.sleep(0.02)
-            assert not conn.connected
+            await eventually(lambda: not conn.connected, timeout=2.0, interval=0.02)
             done = conn.publish_with_mid(mid, Message("lost/a", b"A", qos=2))  # stored, for the replay
             await asyncio.to_thread(broker.start)
             await conn.wait_connected(15)
@@ -150,20 +147,15 @@ async def test_rows_in_flight_when_the_broker_loses_the_session_are_sent_afresh(
                 spine, store = env.spine, env.store
                 for i in range(10):
                     await spine.send(topic="lost/cmd", payload={"n": i}, key=f"lost-{i}")
-                for _ in range(200):
-                    if len([p for p in tap.of("PUBLISH", "up") if p.topic == "lost/cmd"]) == 10:
-                        break
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: len([p for p in tap.of("PUBLISH", "up") if p.topic == "lost/cmd"]) == 10,
+                                 timeout=4.0, interval=0.02)
                 stamped = await store.fetchval("SELECT count(*) FROM outbox WHERE packet_id IS NOT NULL")
                 assert stamped == 10
                 await asyncio.to_thread(broker.kill)
                 tap.drop_all()
                 flowing.set()
                 await asyncio.to_thread(broker.start)
-                for _ in range(300):
-                    if spine.connection.connected:
-                        break
-                    await asyncio.sleep(0.02)
+                await eventually(lambda: spine.connection.connected, timeout=6.0, interval=0.02)
                 for i in range(10, 110):
                     await spine.send(topic="lost/cmd", payload={"n": i}, key=f"lost-{i}")
                 for _ in range(1000):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -176,20 +177,11 @@ class FakeSpine:
     def notify_outbox(self) -> None:
         self.notified += 1
 
-    def transaction(self) -> Any:
-        spine = self
-
-        class _Tx:
-            async def __aenter__(self) -> object:
-                self._tx = spine._store.transaction()
-                return await self._tx.__aenter__()
-
-            async def __aexit__(self, *exc: object) -> None:
-                await self._tx.__aexit__(*exc)
-                if exc[0] is None:
-                    spine.notify_outbox()
-
-        return _Tx()
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Any]:
+        async with self._store.transaction() as conn:
+            yield conn
+        self.notify_outbox()
 
 
 def make_event(i: int, kind: str = "device.command", subject: str = "kitchen_light") -> dict[str, Any]:

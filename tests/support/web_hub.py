@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,21 +44,6 @@ async def web_hub(*, dsn: str, state_dir: Path, isolate: bool = True, jobs: dict
         assert running.hub.web is not None and running.hub.web.port is not None
         yield WebHub(running=running, base_url=f"http://127.0.0.1:{running.hub.web.port}",
                      token=running.hub.web_deps.token)
-
-
-async def eventually(check: Callable[[], Awaitable[Any] | Any], *, timeout: float = 20.0,
-                     interval: float = 0.1) -> Any:
-    """Poll until ``check()`` (sync or async) returns something truthy; fail naming the last value."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if inspect.isawaitable(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s; last value: {last!r}")
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Any:
