@@ -64,7 +64,9 @@ _SENT_SQL = "UPDATE outbox SET sent_at = now() WHERE id = ANY($1::bigint[]) AND 
 # Before the PUBLISHes leave: each row's packet id in this session. No other unsent row carries one of these
 # ids: an id goes back to the pool only once its row is sent or no longer carries it (``_CLEAR_SQL``).
 # ANY + array_position, not a join with unnest: the generic plan of such a join hashed a sequential scan of the
-# whole table.
+# whole table. Committed without waiting for the WAL flush, like ``_RELEASED_SQL`` and for the same reason: lost
+# only in a PostgreSQL crash, after which the row is published afresh under a new id while the broker may still
+# hold it under the old one (released at the first connect): at worst a duplicate, never a loss.
 _STAMP_SQL = """
 UPDATE outbox SET packet_id = ($2::int[])[array_position($1::bigint[], id)], packet_session = $3, released = false
 WHERE id = ANY($1::bigint[])
@@ -79,18 +81,12 @@ WHERE id = ANY($1::bigint[]) AND sent_at IS NULL AND packet_session = $3
 """  # $1 ids, $2 their packet ids, $3 client id
 
 
-def _released_sql(row_ids: list[int]) -> str:
-    """``released = true`` for these rows, committed without waiting for the WAL flush.
-
-    Safe to lose in a PostgreSQL crash (never in a hub crash: the commit is done before the PUBREL leaves):
-    the row then looks unreleased, and its PUBLISH goes out again under the same id — a broker that already
-    completed it delivers a second copy, none is lost. It can never be mistaken for another message under that
-    id: the id is reused only after this row's ``sent_at`` commit, which is synchronous and flushes this too.
-    Sent as one simple-protocol query (an implicit transaction) so that SET LOCAL applies; the ids are ints.
-    """
-    ids = ",".join(str(int(i)) for i in row_ids)
-    return ("SET LOCAL synchronous_commit = off; "
-            f"UPDATE outbox SET released = true WHERE id = ANY('{{{ids}}}'::bigint[])")
+# After a PUBREC, before its PUBREL. Like the stamp, committed without waiting for the WAL flush
+# (``Store.write_unflushed``): safe to lose in a PostgreSQL crash, never in a hub crash (it is committed before the
+# PUBREL leaves). The row then looks unreleased and its PUBLISH goes out again under the same id: a broker that
+# already completed it delivers a second copy, none is lost. It can never be mistaken for another message under
+# that id: the id is reused only after this row's ``sent_at`` commit, which is synchronous and flushes this too.
+_RELEASED_SQL = "UPDATE outbox SET released = true WHERE id = ANY($1::bigint[])"  # $1 ids
 
 
 # Start-up, before connecting: our rows whose handshake the previous process began in this session.
@@ -203,7 +199,7 @@ class OutboxRelay:
         self._row_mids: dict[int, int] = {}
         # PUBRECs, whose PUBREL waits until `released` is written (the broker holds the message meanwhile).
         self._releases: RetryingBatches[tuple[int, Callable[[], None]]] = RetryingBatches(
-            "record PUBRECs", lambda batch: self._store.write(_released_sql([row for row, _ in batch])),
+            "record PUBRECs", lambda batch: self._store.write_unflushed(_RELEASED_SQL, [row for row, _ in batch]),
             self._send_pubrels)
         # (row, mid) whose id is cleared from the row before the id goes back to the pool.
         self._retired: RetryingBatches[tuple[int, int]] = RetryingBatches(
@@ -385,7 +381,7 @@ class OutboxRelay:
                 continue
             chunk = rows[done:done + len(mids)]
             try:
-                await self._store.write(_STAMP_SQL, [r.id for r in chunk], mids, self._owner)
+                await self._store.write_unflushed(_STAMP_SQL, [r.id for r in chunk], mids, self._owner)
             except StoreError:
                 self._retire([(r.id, mid) for r, mid in zip(chunk, mids, strict=True)])  # committed or not
                 raise

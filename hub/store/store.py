@@ -26,6 +26,9 @@ log = structlog.get_logger("kitt.store")
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
              asyncpg.exceptions.InternalClientError)
 
+# Connections of the pool for writes committed without waiting for the WAL flush (``write_unflushed``).
+UNFLUSHED_POOL_MAX = 4
+
 _EVENT_SQL = """INSERT INTO events (actor, kind, subject, correlation_id, body)
                 VALUES ($1, $2, $3, $4, $5::jsonb) RETURNING id"""  # $1 actor, $2 kind, $3 subject, $4 corr, $5 body
 
@@ -67,6 +70,7 @@ class Store:
         self._slow_s = slow_query_ms / 1000
         self._apply_migrations = apply_migrations
         self._pool: asyncpg.Pool | None = None
+        self._unflushed: asyncpg.Pool | None = None
         self._event_ids = IdReserve(self, "events_id_seq")
 
     @property
@@ -89,7 +93,18 @@ class Store:
                 init=self._init_connection,
                 reset=_no_session_reset,
             )
+            # Its own pool: the setting is the session's, and pooled connections are not reset (see above).
+            self._unflushed = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=UNFLUSHED_POOL_MAX,
+                command_timeout=self._timeout,
+                init=self._init_connection,
+                reset=_no_session_reset,
+                server_settings={"synchronous_commit": "off"},
+            )
         except (OSError, asyncpg.PostgresError) as exc:
+            await self.stop()
             raise StoreError(f"cannot connect to the database: {exc}") from exc
         if self._apply_migrations:
             await self.migrate()
@@ -109,9 +124,10 @@ class Store:
             return await migrate(conn)
 
     async def stop(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            await pool.close()
+        for pool in (self._pool, self._unflushed):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._unflushed = None
 
     async def ping(self) -> bool:
         """Readiness probe: True when a trivial query round-trips."""
@@ -154,6 +170,26 @@ class Store:
         """Execute one statement in its own transaction; raises ``StoreWriteError`` if it did not commit."""
         try:
             return await self.pool.execute(query, *args)
+        except DB_ERRORS as exc:
+            raise self._write_failed(exc) from exc
+
+    async def write_unflushed(self, query: str, *args: Any) -> str:
+        """``write()`` committed without waiting for the WAL flush: back from a hub crash like any commit (it is
+        committed when this returns), lost only in a crash of PostgreSQL or the machine within the WAL writer's
+        delay. Only for writes whose loss can at worst cause a duplicate delivery or drop derived data: the
+        outbox's packet-id stamps and PUBREC marks, memory turns. Never for an inbox row or a state transition."""
+        if self._unflushed is None:
+            raise StoreError("store is not started")
+        try:
+            return await self._unflushed.execute(query, *args)
+        except DB_ERRORS as exc:
+            raise self._write_failed(exc) from exc
+
+    async def write_unflushed_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
+        if self._unflushed is None:
+            raise StoreError("store is not started")
+        try:
+            return await self._unflushed.fetchrow(query, *args)
         except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
