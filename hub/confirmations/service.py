@@ -80,6 +80,22 @@ def _transition_sql(*, set_sql: str, where: str, actor: str, from_state: str) ->
                SELECT u.* FROM u JOIN note USING (id)"""
 
 
+# An approval's two steps, pending → confirmed → executing, in one conditional UPDATE (they commit together, so
+# nobody can see the row in between): an audit event and a notification for each step, in order; the
+# ``confirmed`` notification carries the row as it was after that step. $1 id, $2 actor, $3 command key.
+_APPROVE_SQL = f"""WITH u AS (UPDATE confirmations
+                             SET state = 'executing', decided_at = now(), decided_by = $2, executed_at = now(),
+                                 command_key = $3
+                             WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}),
+                      ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
+                             SELECT $2, 'confirmation.' || s.state, u.device, u.id, jsonb_build_object('from', s.prior)
+                             FROM u CROSS JOIN (VALUES (1, 'confirmed', 'pending'), (2, 'executing', 'confirmed'))
+                                  AS s(step, state, prior) ORDER BY s.step),
+                      c AS (SELECT {_COLUMNS.replace("state,", "'confirmed'::text AS state,")} FROM u),
+                      note1 AS (SELECT c.id, {_notify_with_row("c")} AS sent FROM c),
+                      note2 AS (SELECT u.id, {_notify_with_row("u")} AS sent FROM u JOIN note1 USING (id))
+                 SELECT u.* FROM u JOIN note2 USING (id)"""
+
 _SWEEP_SQL = _transition_sql(set_sql="state = 'expired', error = 'timeout'",
                              where="state = 'pending' AND expires_at <= now()", actor="'system'",
                              from_state="'pending'")
@@ -358,15 +374,10 @@ class ConfirmationService:
 
     async def _execute(self, conn: asyncpg.Connection, row: asyncpg.Record, principal: Principal) -> asyncpg.Record:
         cid = row["id"]
-        confirmed = await self._transition(conn, cid, "pending", "confirmed", actor=principal.label,
-                                           extra_sql=", decided_at = now(), decided_by = $4",
-                                           extra_args=(principal.label,))
-        if confirmed is None:
-            raise ConfirmationError("not_pending", "the confirmation was decided meanwhile")
         key = f"confirm:{cid}"
-        executing = await self._transition(conn, cid, "confirmed", "executing", actor=principal.label,
-                                           extra_sql=", executed_at = now(), command_key = $4", extra_args=(key,))
-        assert executing is not None
+        executing = await conn.fetchrow(_APPROVE_SQL, cid, principal.label, key)
+        if executing is None:
+            raise ConfirmationError("not_pending", "the confirmation was decided meanwhile")
         devices = self._devices()
         if devices is None:
             raise ConfirmationError("not_allowed", "no device service is running")

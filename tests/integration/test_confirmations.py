@@ -41,6 +41,8 @@ async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: s
         asker = Principal(kind="voice", site="kitchen", session_id="s1")
         c = await service.request(UNLOCK, hazard_class="lock.unlock", principal=asker)
         assert c.state == "pending" and c.prompt == "Are you sure you want to unlock the front door?"
+        told: list[str] = []
+        service.subscribe(lambda conf: told.append(conf.state) if conf.id == c.id else None)
 
         for stranger in (Principal(kind="voice", site="bedroom", session_id="s1"),
                          Principal(kind="voice", site="kitchen", session_id="s2"),
@@ -70,7 +72,11 @@ async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: s
         kinds = await _events(run, c.id)
         assert kinds[:1] == ["confirmation.requested"]
         assert kinds.count("security.confirmation_refused") == 3
-        assert {"confirmation.confirmed", "confirmation.executing", "confirmation.done"} <= set(kinds)
+        steps = [k for k in kinds if k.startswith("confirmation.")]
+        assert steps == ["confirmation.requested", "confirmation.confirmed", "confirmation.executing",
+                         "confirmation.done"]
+        # Listeners (web panel, Home Assistant, voice) hear every step, in order, each with its own state.
+        assert told == ["confirmed", "executing", "done"]
 
 
 async def test_concurrent_approvals_execute_exactly_once(db_dsn: str, state_dir: Path) -> None:
