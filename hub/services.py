@@ -7,6 +7,7 @@ non-required checks and used by plugins once ready.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -76,8 +77,10 @@ async def before_plugins(hub: Hub) -> None:
 
     assert hub.store is not None and hub.spine is not None
     spine = hub.spine
+    # An approval's device command and audit events are written in one statement with its commit.
+    command_transaction = functools.partial(spine.transaction, defer_appends=True)
     service = ConfirmationService(store=hub.store, metrics=hub.metrics, hazards=hub.config.hazards,
-                                  devices=lambda: hub.services.devices, transaction=spine.transaction,
+                                  devices=lambda: hub.services.devices, transaction=command_transaction,
                                   dsn=hub.store.dsn)
     await service.start()
     hub.services.confirmations = service

@@ -32,7 +32,7 @@ from hub.spine.inbox import Inbox, InboxRow
 from hub.spine.outbox import OutboxRelay, OutRow, as_append, encode_payload, enqueue, new_row
 from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id, parse_payload
 from hub.spine.topics import HubTopics
-from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups
+from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups, flush_appends
 from hub.store import Store
 from hub.store.appends import IdReserve, PendingAppends, appends_for, pending_appends
 
@@ -475,9 +475,11 @@ class Spine:
 
     @asynccontextmanager
     async def _outbox_block(self, transaction: AbstractAsyncContextManager[asyncpg.Connection],
-                            appends: PendingAppends | None = None) -> AsyncIterator[_Block]:
+                            appends: PendingAppends | None = None, *,
+                            flush: bool = False) -> AsyncIterator[_Block]:
         """``transaction``'s connection as a block whose outbox rows this relay publishes from memory after the
-        commit (``enqueue``); if it rolls back, they do not exist. ``appends``: those of a grouped block."""
+        commit (``enqueue``); if it rolls back, they do not exist. ``appends``: those of a grouped block (its
+        group writes them), or with ``flush`` this transaction's own, written here just before its commit."""
         block: _Block | None = None
         try:
             async with transaction as conn:
@@ -491,6 +493,8 @@ class Spine:
                 finally:
                     pending_appends.reset(appends_token)
                     _current_block.reset(token)
+                if flush and appends is not None:
+                    await flush_appends(conn, appends)
         except BaseException:
             if block is not None:
                 self.relay.unreserve(r.id for r in block.rows)
@@ -546,10 +550,16 @@ class Spine:
         self.relay.notify()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self, *, defer_appends: bool = False) -> AsyncIterator[asyncpg.Connection]:
         """A store transaction whose outbox rows (``enqueue``) this hub's relay publishes from memory right
-        after the commit: no table poll and no claim query between the commit and the PUBLISH."""
-        async with self._outbox_block(self._store.transaction()) as block:
+        after the commit: no table poll and no claim query between the commit and the PUBLISH.
+
+        ``defer_appends``: its outbox rows and audit events (``store.record_event(…, conn=conn)``) are written
+        together in one statement just before the commit, as in a grouped handler block (one round trip for
+        all of them; the rows are not visible to the block's own queries, and a key enqueued before is found
+        only then: that row is not written and not published)."""
+        appends = PendingAppends(None) if defer_appends else None
+        async with self._outbox_block(self._store.transaction(), appends, flush=defer_appends) as block:
             yield block.conn
 
     async def send(self, *, topic: str, payload: Any, key: str, qos: int = 2, retain: bool = False,

@@ -94,6 +94,15 @@ def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
     return [*_columns(outbox, OutboxAppend), float(OUTBOX_CLAIM_SECONDS), *_columns(events, EventAppend), ids]
 
 
+async def flush_appends(conn: asyncpg.Connection, appends: PendingAppends) -> None:
+    """Write one transaction's deferred appends in one statement (before its COMMIT); rows whose idempotency key
+    existed already are not written, and land in ``appends.skipped`` (not to publish)."""
+    if not appends.outbox and not appends.events:
+        return
+    written = set(await conn.fetchval(_FLUSH_SQL, *_flush_args([appends], [])))
+    appends.skipped = frozenset(row[0] for row in appends.outbox if row[0] not in written)
+
+
 # A route's blocks go to the lanes once this many in a row took at most SHORT_BLOCK_S each.
 SHORT_BLOCK_S = 0.05
 PROOF_BLOCKS = 8

@@ -160,3 +160,29 @@ async def test_a_block_whose_data_cannot_be_written_fails_alone(broker: Mosquitt
     states = {r["dedupe_key"].rsplit("|", 1)[1]: r["state"] for r in await fetch(
         cfg.database.url, "SELECT dedupe_key, state FROM inbox WHERE dedupe_key LIKE 'poison|%'")}
     assert states == {"p-bad": "failed", **{f"p-{n}": "done" for n in names if n != "bad"}}
+
+
+async def test_a_transaction_with_deferred_appends_writes_them_with_its_commit(broker: Mosquitto,
+                                                                               cfg: Config) -> None:
+    # What a hazard approval uses: its device command and audit events in one statement before the COMMIT.
+    async with running_spine(cfg, routes=[]) as env, TestClient(broker.port) as c:
+        out = await c.collect(f"test/{cfg.hub.id}/deferred")
+        async with env.spine.transaction(defer_appends=True) as conn:
+            row = await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/deferred", payload={"n": 1}, key="d-1")
+            event = await env.store.record_event("test.deferred", actor="t", correlation_id="d-1", conn=conn)
+            # Not written yet: appended, to go with the commit.
+            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE idempotency_key = 'd-1'") == 0
+        rows = await fetch(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'd-1'")
+        events = await fetch(cfg.database.url, "SELECT id FROM events WHERE kind = 'test.deferred'")
+        assert [r["id"] for r in rows] == [row] and [r["id"] for r in events] == [event]
+
+        with pytest.raises(RuntimeError):
+            async with env.spine.transaction(defer_appends=True) as conn:
+                await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/deferred", payload={"n": 2}, key="d-2")
+                raise RuntimeError("the block failed: nothing of it is written")
+        async with env.spine.transaction(defer_appends=True) as conn:  # a key enqueued before: not written again
+            await env.spine.enqueue(conn, topic=f"test/{cfg.hub.id}/deferred", payload={"n": 3}, key="d-1")
+        received = await out.wait_for(1, 10)
+        await out.settle(0.5)
+    assert [m.json() for m in received] == [{"n": 1}] and len(out.messages) == 1
+    assert await fetch(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'd-2'") == []
