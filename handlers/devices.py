@@ -23,11 +23,15 @@ from hub.errors import SpineError
 from hub.plugins import PluginContext
 from hub.spine import Inbound, Route
 
-_UPSERT_SQL = """INSERT INTO device_state (name, state, available, updated_at)
-                 VALUES ($1, $2::jsonb, $3, now())
-                 ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, available = EXCLUDED.available,
-                                                  updated_at = EXCLUDED.updated_at"""
-# $1 name, $2 state (dict, jsonb codec), $3 available
+# The last known state and its audit event in one statement (one round trip, no BEGIN/COMMIT of its own).
+_PERSIST_SQL = """WITH s AS (INSERT INTO device_state (name, state, available, updated_at)
+                            VALUES ($1, $2::jsonb, $3, now())
+                            ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, available = EXCLUDED.available,
+                                                             updated_at = EXCLUDED.updated_at
+                            RETURNING name)
+                  INSERT INTO events (actor, kind, subject, body)
+                  SELECT 'devices', 'device.state', s.name, $4::jsonb FROM s"""
+# $1 name, $2 state (dict, jsonb codec), $3 available, $4 event body (dict)
 
 
 def _speakable(action: str) -> str:
@@ -121,13 +125,10 @@ class DeviceManager:
 
     async def _persist(self, change: Change, topic: str) -> None:
         current = change.current
-        async with self._ctx.store.transaction() as conn:
-            await conn.execute(_UPSERT_SQL, change.name, current.state, current.available)
-            body: dict[str, Any] = {"topic": topic, "available": current.available}
-            if change.state:
-                body["changed"] = change.state
-            await self._ctx.store.record_event("device.state", actor="devices", subject=change.name,
-                                               body=body, conn=conn)
+        body: dict[str, Any] = {"topic": topic, "available": current.available}
+        if change.state:
+            body["changed"] = change.state
+        await self._ctx.store.write(_PERSIST_SQL, change.name, current.state, current.available, body)
 
     async def warm(self) -> int:
         rows = await self._ctx.store.fetch(

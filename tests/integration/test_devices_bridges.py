@@ -52,6 +52,11 @@ async def test_turn_on_the_kitchen_light_publishes_state_on_once_on_the_zigbee2m
         assert commands[0].user_properties.get("id", "").startswith("cmd:")
         assert run.devices.state("kitchen_light").state["state"] == "ON"
 
+        async def persisted() -> bool:  # the last known state (warms the view at the next start) and its event
+            row = await run.hub.store.fetchrow("SELECT state FROM device_state WHERE name = 'kitchen_light'")
+            return row is not None and row["state"].get("state") == "ON" and bool(await _events(run, "kitchen_light"))
+        await until_async(persisted)
+
 
 async def test_thermostat_is_driven_and_tasmota_and_generic_devices_answer(db_dsn: str, state_dir: Path) -> None:
     config = devices_config(dsn=db_dsn, state_dir=state_dir)
