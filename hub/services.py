@@ -81,7 +81,7 @@ async def before_plugins(hub: Hub) -> None:
     command_transaction = functools.partial(spine.transaction, defer_appends=True)
     service = ConfirmationService(store=hub.store, metrics=hub.metrics, hazards=hub.config.hazards,
                                   devices=lambda: hub.services.devices, transaction=command_transaction,
-                                  dsn=hub.store.dsn)
+                                  dsn=hub.store.dsn, appending=spine.appending)
     await service.start()
     hub.services.confirmations = service
     hub.push_stop(service.stop)

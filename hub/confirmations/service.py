@@ -16,7 +16,7 @@ import os
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,6 +27,7 @@ from hub.confirmations.pin import verify_pin
 from hub.contracts import Confirmation, ConfirmationError, DeviceAction, DeviceService, Principal
 from hub.errors import StoreError
 from hub.metrics import Metrics
+from hub.spine.txgroup import append_ctes
 from hub.store import Store
 
 log = structlog.get_logger("kitt.confirmations")
@@ -80,21 +81,35 @@ def _transition_sql(*, set_sql: str, where: str, actor: str, from_state: str) ->
                SELECT u.* FROM u JOIN note USING (id)"""
 
 
-# An approval's two steps, pending → confirmed → executing, in one conditional UPDATE (they commit together, so
-# nobody can see the row in between): an audit event and a notification for each step, in order; the
-# ``confirmed`` notification carries the row as it was after that step. $1 id, $2 actor, $3 command key.
-_APPROVE_SQL = f"""WITH u AS (UPDATE confirmations
+def _approve_ctes(*, unexpired: bool) -> str:
+    """An approval's two steps, pending → confirmed → executing, in one conditional UPDATE (they commit together,
+    so nobody can see the row in between), as the CTEs ``approved`` … ``note2``: an audit event and a
+    notification for each step, in order; the ``confirmed`` notification carries the row as it was after that
+    step. $1 id, $2 actor, $3 command key."""
+    expiry = " AND expires_at > now()" if unexpired else ""
+    return f"""approved AS (UPDATE confirmations
                              SET state = 'executing', decided_at = now(), decided_by = $2, executed_at = now(),
                                  command_key = $3
-                             WHERE id = $1 AND state = 'pending' RETURNING {_COLUMNS}),
-                      ev AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
-                             SELECT $2, 'confirmation.' || s.state, u.device, u.id, jsonb_build_object('from', s.prior)
-                             FROM u CROSS JOIN (VALUES (1, 'confirmed', 'pending'), (2, 'executing', 'confirmed'))
-                                  AS s(step, state, prior) ORDER BY s.step),
-                      c AS (SELECT {_COLUMNS.replace("state,", "'confirmed'::text AS state,")} FROM u),
-                      note1 AS (SELECT c.id, {_notify_with_row("c")} AS sent FROM c),
-                      note2 AS (SELECT u.id, {_notify_with_row("u")} AS sent FROM u JOIN note1 USING (id))
-                 SELECT u.* FROM u JOIN note2 USING (id)"""
+                             WHERE id = $1 AND state = 'pending'{expiry} RETURNING {_COLUMNS}),
+               steps AS (INSERT INTO events (actor, kind, subject, correlation_id, body)
+                         SELECT $2, 'confirmation.' || s.state, a.device, a.id, jsonb_build_object('from', s.prior)
+                         FROM approved a CROSS JOIN (VALUES (1, 'confirmed', 'pending'), (2, 'executing', 'confirmed'))
+                              AS s(step, state, prior) ORDER BY s.step),
+               as_confirmed AS (SELECT {_COLUMNS.replace("state,", "'confirmed'::text AS state,")} FROM approved),
+               note1 AS (SELECT as_confirmed.id, {_notify_with_row("as_confirmed")} AS sent FROM as_confirmed),
+               note2 AS (SELECT approved.id, {_notify_with_row("approved")} AS sent
+                         FROM approved JOIN note1 USING (id))"""
+
+
+# Inside the approval's transaction, after the checks on the locked row.
+_APPROVE_SQL = f"WITH {_approve_ctes(unexpired=False)} SELECT approved.* FROM approved JOIN note2 USING (id)"
+# The whole approval in one statement, its device command and events included (``append_ctes``, from $4),
+# written only if the UPDATE matched: for a principal already checked against the row's immutable fields.
+_APPROVE_AT_ONCE_SQL = f"""WITH {_approve_ctes(unexpired=True)}, {append_ctes(4, only_if="approved")}
+                           SELECT approved.*, ARRAY(SELECT id FROM ob) AS written
+                           FROM approved JOIN note2 USING (id)"""
+# Pending confirmations whose fields are kept for that check (beyond it, approvals take the transaction path).
+MAX_KNOWN_PENDING = 10_000
 
 _SWEEP_SQL = _transition_sql(set_sql="state = 'expired', error = 'timeout'",
                              where="state = 'pending' AND expires_at <= now()", actor="'system'",
@@ -119,11 +134,17 @@ class ConfirmationService:
         devices: Callable[[], DeviceService | None],
         transaction: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
         dsn: str,
+        appending: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
     ) -> None:
         """``transaction``: where an approval and its device command commit (the spine's, whose relay
         publishes the command from memory right after the commit)."""
         self._store = store
         self._command_transaction = transaction
+        # ``Spine.appending``: an approval's command and events written with its one statement.
+        self._appending = appending
+        # Pending confirmations requested here (or warmed at start): their binding fields never change, so an
+        # approval checks them without reading the row; state and expiry stay the database's to decide.
+        self._known: dict[str, asyncpg.Record] = {}
         self._metrics = metrics
         self._hazards = hazards
         self._devices = devices
@@ -139,6 +160,10 @@ class ConfirmationService:
 
     async def start(self) -> None:
         await self._listen()
+        for row in await self._store.fetch(
+                f"SELECT {_COLUMNS} FROM confirmations WHERE state = 'pending' AND expires_at > now() LIMIT $1",
+                MAX_KNOWN_PENDING):
+            self._remember(row)
         self._sweeper = asyncio.create_task(self._sweep_loop(), name="kitt[confirmations].sweeper")
 
     def start_reconciliation(self) -> None:
@@ -179,8 +204,14 @@ class ConfirmationService:
             except StoreError:
                 await asyncio.sleep(1)
 
+    def _remember(self, row: asyncpg.Record) -> None:
+        if len(self._known) < MAX_KNOWN_PENDING:
+            self._known[row["id"]] = row
+
     def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         data = json.loads(payload)
+        if data.get("state") != "pending":
+            self._known.pop(data.get("id"), None)  # decided, here or by another instance
         if data.get("row") is not None:
             self._spawn(self._deliver(_confirmation_from_json(data["row"])), "kitt[confirmations].announce")
         else:
@@ -274,6 +305,7 @@ class ConfirmationService:
         else:
             async with self._store.transaction() as c:
                 row = await write(c)
+        self._remember(row)  # if the caller's transaction rolls back, an approval finds no row to update
         return _row_to_confirmation(row)
 
     async def _security_event(self, kind: str, confirmation_id: str, principal: Principal, reason: str) -> None:
@@ -294,6 +326,12 @@ class ConfirmationService:
         return "wrong_principal"
 
     async def approve(self, confirmation_id: str, *, principal: Principal, pin: str | None = None) -> Confirmation:
+        known = self._known.get(confirmation_id)
+        if known is not None and known["level"] != "pin" and self._check_binding(known, principal) is None:
+            row = await self._approve_at_once(known, principal)
+            if row is not None:
+                return self._approved(row)
+            # Decided meanwhile, expired or gone: the transaction path below finds out which, and says so.
         refusal: ConfirmationError | None = None
         row = None
         async with self._command_transaction() as conn:
@@ -309,8 +347,27 @@ class ConfirmationService:
                 await self._security_event("security.confirmation_refused", confirmation_id, principal, refusal.reason)
             raise refusal
         assert row is not None
+        return self._approved(row)
+
+    async def _approve_at_once(self, known: asyncpg.Record, principal: Principal) -> asyncpg.Record | None:
+        """The approval as one statement (no transaction, no read): the conditional UPDATE, its events and
+        notifications, the device command and its event, written only if the row was still pending and
+        unexpired. For a principal already checked against ``known``'s binding. None: nothing was written."""
+        devices = self._devices()
+        if devices is None or self._appending is None:
+            return None
+        cid = known["id"]
+        key = f"confirm:{cid}"
+        async with self._appending() as batch:
+            await devices.enqueue_command(batch.conn, _row_to_confirmation(known).action, key=key,
+                                          correlation_id=cid)
+            return await batch.write(_APPROVE_AT_ONCE_SQL, cid, principal.label, key)
+
+    def _approved(self, row: asyncpg.Record) -> Confirmation:
+        """confirmed → executing committed, with the command in the outbox: wait for the device's state."""
         if os.environ.get("KITT_TEST_CRASH_AFTER") == "confirm_executing":
             os._exit(137)  # test hook: the crash right after confirmed → executing committed
+        self._known.pop(row["id"], None)
         confirmation = _row_to_confirmation(row)
         self._spawn(self._await_result(confirmation, EXECUTE_TIMEOUT_S), f"kitt[confirmations].await:{confirmation.id}")
         return confirmation
@@ -455,6 +512,9 @@ class ConfirmationService:
 
     async def _sweep(self) -> None:
         rows = await self._store.write_fetch(_SWEEP_SQL)
+        wall = datetime.now(UTC)
+        for cid in [cid for cid, row in self._known.items() if row["expires_at"] <= wall]:
+            del self._known[cid]  # expired (or its request rolled back and it never existed)
         # The gauge scans the whole table: refreshed every few seconds, not on every half-second sweep.
         now = asyncio.get_running_loop().time()
         if rows or now - self._gauge_at >= GAUGE_INTERVAL_S:

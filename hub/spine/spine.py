@@ -32,7 +32,15 @@ from hub.spine.inbox import Inbox, InboxRow
 from hub.spine.outbox import OutboxRelay, OutRow, as_append, encode_payload, enqueue, new_row
 from hub.spine.router import Inbound, KeyedLocks, Route, RouteTable, message_id, parse_payload
 from hub.spine.topics import HubTopics
-from hub.spine.txgroup import Finished, GroupAborted, GroupPolicy, TransactionGroups, flush_appends
+from hub.spine.txgroup import (
+    Finished,
+    GroupAborted,
+    GroupPolicy,
+    TransactionGroups,
+    append_args,
+    flush_appends,
+    mark_skipped,
+)
 from hub.store import Store
 from hub.store.appends import IdReserve, PendingAppends, appends_for, pending_appends
 
@@ -68,6 +76,33 @@ class _Block:
 
 
 _current_block: contextvars.ContextVar[_Block | None] = contextvars.ContextVar("kitt_spine_block", default=None)
+
+
+class _AppendOnly:
+    """The connection of an ``appending()`` block: it may only append (``enqueue``, ``record_event(conn=…)``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise StoreError(f"{name}: an appending() block sends no statement; its rows go with the caller's")
+
+
+class Appending:
+    """Rows collected by ``Spine.appending()``, written by one statement of the caller's (``write``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.conn: Any = _AppendOnly()
+        self.appends = PendingAppends(self.conn)
+        self._store = store
+        self.written = False
+
+    async def write(self, sql: str, *args: Any) -> asyncpg.Record | None:
+        """Run ``sql``, whose parameters are ``args`` and then those of ``append_ctes`` (numbered from
+        ``len(args) + 1``, usually with ``only_if``), and which returns ``ARRAY(SELECT id FROM ob) AS written``.
+        Returns its row; None means it wrote nothing (and nothing is published)."""
+        row = await self._store.write_returning(sql, *args, *append_args([self.appends]))
+        if row is not None:
+            mark_skipped([self.appends], set(row["written"] or ()))
+            self.written = True
+        return row
 
 
 class Spine:
@@ -561,6 +596,35 @@ class Spine:
         appends = PendingAppends(None) if defer_appends else None
         async with self._outbox_block(self._store.transaction(), appends, flush=defer_appends) as block:
             yield block.conn
+
+    @asynccontextmanager
+    async def appending(self) -> AsyncIterator[Appending]:
+        """A block that only collects outbox rows (``enqueue(batch.conn, …)``) and audit events
+        (``store.record_event(…, conn=batch.conn)``), written by one statement of the caller's
+        (``batch.write(sql, …)``, its CTEs ending in ``append_ctes``): no BEGIN and no COMMIT of their own. The
+        rows are published from memory once that statement committed; if it wrote nothing, or raised, they are
+        dropped."""
+        batch = Appending(self._store)
+        block = _Block(batch.conn)
+        token = _current_block.set(block)
+        appends_token = pending_appends.set(batch.appends)
+        try:
+            yield batch
+        except BaseException:
+            self.relay.unreserve(r.id for r in block.rows)
+            raise
+        finally:
+            pending_appends.reset(appends_token)
+            _current_block.reset(token)
+        if not batch.written:
+            self.relay.unreserve(r.id for r in block.rows)
+            return
+        skipped = batch.appends.skipped
+        if skipped:
+            self.relay.unreserve(skipped)
+        rows = [r for r in block.rows if r.id not in skipped]
+        if rows:
+            self.relay.submit(rows)
 
     async def send(self, *, topic: str, payload: Any, key: str, qos: int = 2, retain: bool = False,
                    properties: dict[str, Any] | None = None, correlation_id: str | None = None) -> int | None:

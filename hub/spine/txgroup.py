@@ -51,29 +51,41 @@ log = structlog.get_logger("kitt.spine.txgroup")
 MAX_BLOCKS = 64
 _DRIVER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
-# One statement at the end of a group: its appended outbox rows and events, and the done marks.
-_FLUSH_SQL = """
-WITH ob AS (
+def append_ctes(first: int, *, only_if: str | None = None) -> str:
+    """The CTEs ``ob`` (outbox rows, RETURNING the ids written) and ``ev`` (audit events) that write appended
+    rows, their parameters numbered from ``$first`` (``APPEND_PARAMS`` of them, ``append_args``). With
+    ``only_if`` (the name of a CTE of the same statement), they write only if that CTE returned a row."""
+    p = [f"${first + i}" for i in range(APPEND_PARAMS)]
+    cond = f" WHERE EXISTS (SELECT 1 FROM {only_if})" if only_if else ""
+    return f"""ob AS (
     INSERT INTO outbox (id, idempotency_key, topic, payload, qos, retain, properties, correlation_id, claimed_by,
                         claimed_until)
     SELECT i, k, t, p, q, r, pr::jsonb, c, cb,
-           CASE WHEN cb IS NULL THEN NULL ELSE now() + make_interval(secs => $10) END
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bytea[], $5::smallint[], $6::boolean[], $7::text[],
-                $8::text[], $9::text[]) AS u(i, k, t, p, q, r, pr, c, cb)
+           CASE WHEN cb IS NULL THEN NULL ELSE now() + make_interval(secs => {p[9]}) END
+    FROM unnest({p[0]}::bigint[], {p[1]}::text[], {p[2]}::text[], {p[3]}::bytea[], {p[4]}::smallint[],
+                {p[5]}::boolean[], {p[6]}::text[], {p[7]}::text[], {p[8]}::text[])
+         AS x(i, k, t, p, q, r, pr, c, cb){cond}
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id),
 ev AS (
     INSERT INTO events (id, actor, kind, subject, correlation_id, body)
     SELECT i, a, k, s, c, b::jsonb
-    FROM unnest($11::bigint[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
-         AS u(i, a, k, s, c, b)),
+    FROM unnest({p[10]}::bigint[], {p[11]}::text[], {p[12]}::text[], {p[13]}::text[], {p[14]}::text[],
+                {p[15]}::text[]) AS y(i, a, k, s, c, b){cond})"""
+
+
+APPEND_PARAMS = 16  # 9 outbox columns, the claim seconds, 6 event columns
+
+# One statement at the end of a group: its appended outbox rows and events, and the done marks.
+_FLUSH_SQL = f"""
+WITH {append_ctes(1)},
 fin AS (
     UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
     WHERE id = ANY($17::bigint[]) AND state = 'pending' RETURNING id)
 SELECT ARRAY(SELECT id FROM ob) AS written
 WHERE CASE WHEN (SELECT count(*) FROM fin) = cardinality($17::bigint[]) THEN true
            ELSE kitt_abort_statement('an inbox row of the group was no longer pending') END
-"""  # $1-$9 outbox columns, $10 claim seconds, $11-$16 event columns, $17 inbox ids; CASE, not OR: evaluated in order
+"""  # $1-$16 appends, $17 inbox ids; CASE, not OR: evaluated in order
 STALE_SQLSTATE = "KT001"  # raised by kitt_abort_statement (migration 0060)
 _PENDING_SQL = "SELECT id FROM inbox WHERE id = ANY($1::bigint[]) AND state = 'pending'"
 # The connection methods that send a statement: a grouped block's first one opens the group's transaction.
@@ -88,10 +100,21 @@ def _columns(rows: list[tuple[Any, ...]], row_type: Any) -> list[list[Any]]:
     return [list(col) for col in zip(*rows, strict=True)]
 
 
-def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
+def append_args(appends: list[PendingAppends]) -> list[object]:
+    """The ``APPEND_PARAMS`` values of ``append_ctes`` for these appends."""
     outbox = [row for a in appends for row in a.outbox]
     events = [row for a in appends for row in a.events]
-    return [*_columns(outbox, OutboxAppend), float(OUTBOX_CLAIM_SECONDS), *_columns(events, EventAppend), ids]
+    return [*_columns(outbox, OutboxAppend), float(OUTBOX_CLAIM_SECONDS), *_columns(events, EventAppend)]
+
+
+def mark_skipped(appends: list[PendingAppends], written: set[int]) -> None:
+    """Outbox rows not written (their idempotency key existed already): not to publish."""
+    for a in appends:
+        a.skipped = frozenset(row[0] for row in a.outbox if row[0] not in written)
+
+
+def _flush_args(appends: list[PendingAppends], ids: list[int]) -> list[object]:
+    return [*append_args(appends), ids]
 
 
 async def flush_appends(conn: asyncpg.Connection, appends: PendingAppends) -> None:
@@ -99,8 +122,7 @@ async def flush_appends(conn: asyncpg.Connection, appends: PendingAppends) -> No
     existed already are not written, and land in ``appends.skipped`` (not to publish)."""
     if not appends.outbox and not appends.events:
         return
-    written = set(await conn.fetchval(_FLUSH_SQL, *_flush_args([appends], [])))
-    appends.skipped = frozenset(row[0] for row in appends.outbox if row[0] not in written)
+    mark_skipped([appends], set(await conn.fetchval(_FLUSH_SQL, *_flush_args([appends], []))))
 
 
 # A route's blocks go to the lanes once this many in a row took at most SHORT_BLOCK_S each.
@@ -237,9 +259,7 @@ class _Lane:
                     pending = {r["id"] for r in await self.conn.fetch(_PENDING_SQL, ids)}
                     self._fail_stale(blocks, pending)
                     return
-                for a in appends:
-                    # A key enqueued before (ON CONFLICT DO NOTHING): that row does not exist; not to publish.
-                    a.skipped = frozenset(row[0] for row in a.outbox if row[0] not in written)
+                mark_skipped(appends, written)
             if tx is not None:
                 await tx.commit()
         except _DRIVER_ERRORS as exc:

@@ -11,6 +11,7 @@ from hub.confirmations import hash_pin
 from hub.contracts import ConfirmationError, DeviceAction, Principal
 from tests.support.hubs import devices_config, devices_hub
 from tests.support.mqtt import TestClient
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +40,10 @@ async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: s
         commands = await watcher.collect(_set_topic(run))
         service = run.hub.services.confirmations
         asker = Principal(kind="voice", site="kitchen", session_id="s1")
+        told: list[tuple[str, str]] = []
+        service.subscribe(lambda conf: told.append((conf.id, conf.state)))
         c = await service.request(UNLOCK, hazard_class="lock.unlock", principal=asker)
         assert c.state == "pending" and c.prompt == "Are you sure you want to unlock the front door?"
-        told: list[str] = []
-        service.subscribe(lambda conf: told.append(conf.state) if conf.id == c.id else None)
 
         for stranger in (Principal(kind="voice", site="bedroom", session_id="s1"),
                          Principal(kind="voice", site="kitchen", session_id="s2"),
@@ -76,7 +77,8 @@ async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: s
         assert steps == ["confirmation.requested", "confirmation.confirmed", "confirmation.executing",
                          "confirmation.done"]
         # Listeners (web panel, Home Assistant, voice) hear every step, in order, each with its own state.
-        assert told == ["confirmed", "executing", "done"]
+        await eventually(lambda: ("done" in [state for cid, state in told if cid == c.id]), timeout=10)
+        assert [state for cid, state in told if cid == c.id] == ["pending", "confirmed", "executing", "done"]
 
 
 async def test_concurrent_approvals_execute_exactly_once(db_dsn: str, state_dir: Path) -> None:
@@ -151,6 +153,42 @@ async def test_expired_confirmation_publishes_nothing(db_dsn: str, state_dir: Pa
         await asyncio.sleep(0.3)
         assert commands.messages == []
         assert "expired" in seen  # listeners heard the committed transition
+
+
+async def test_an_approval_of_a_confirmation_requested_here_is_one_statement(db_dsn: str, state_dir: Path) -> None:
+    # Requested by this instance: its binding is checked from memory and the approval, with its command, is one
+    # statement. Expired before the answer: that statement writes nothing and the transaction path says why.
+    config = _config(db_dsn, state_dir, classes={"lock.unlock": {"level": "ack", "timeout_s": 2}})
+    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
+        commands = await watcher.collect(_set_topic(run))
+        service = run.hub.services.confirmations
+        transactions: list[str] = []
+        real = service._command_transaction
+
+        def counted():
+            transactions.append("tx")
+            return real()
+        service._command_transaction = counted
+        asker = Principal(kind="voice", site="kitchen", session_id="s7")
+        c = await service.request(UNLOCK, hazard_class="lock.unlock", principal=asker)
+        assert (await service.approve(c.id, principal=asker)).state == "executing"
+        assert transactions == []
+        msgs = await commands.wait_for(1, timeout=10)
+        assert msgs[0].json() == {"state": "UNLOCK"} and msgs[0].user_properties["id"] == f"confirm:{c.id}"
+        events = await run.hub.store.fetch("SELECT kind FROM events WHERE correlation_id = $1 ORDER BY id", c.id)
+        kinds = [e["kind"] for e in events]
+        assert [k for k in kinds if k.startswith("confirmation.")][:3] == [
+            "confirmation.requested", "confirmation.confirmed", "confirmation.executing"]
+        assert kinds.count("device.command") == 1
+
+        late = await service.request(UNLOCK, hazard_class="lock.unlock", principal=asker)
+        await run.hub.store.write("UPDATE confirmations SET expires_at = now() WHERE id = $1", late.id)
+        with pytest.raises(ConfirmationError) as refused:
+            await service.approve(late.id, principal=asker)
+        assert refused.value.reason in ("expired", "not_pending") and transactions == ["tx"]
+        assert (await service.get(late.id)).state == "expired"
+        await commands.settle(0.5)
+        assert len(commands.messages) == 1  # nothing for the expired one
 
 
 async def test_approve_and_cancel_over_the_mqtt_confirm_topic(db_dsn: str, state_dir: Path) -> None:
