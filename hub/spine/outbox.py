@@ -117,6 +117,7 @@ class OutRow:
     qos: int
     retain: bool
     properties: dict[str, Any]
+    packet_id: int | None = None  # chosen and written with the row (``Spine.appending``): published without a stamp
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> OutRow:
@@ -167,7 +168,7 @@ def new_row(row_id: int, *, topic: str, payload: bytes | str | dict[str, Any] | 
 def as_append(row: OutRow, *, correlation_id: str | None, claimed_by: str | None) -> OutboxAppend:
     """The row for a grouped block's deferred INSERT (``hub.store.appends``)."""
     return (row.id, row.key, row.topic, row.payload, row.qos, row.retain, properties_to_json(row.properties),
-            correlation_id, claimed_by)
+            correlation_id, claimed_by, None, None)
 
 
 class OutboxRelay:
@@ -221,6 +222,23 @@ class OutboxRelay:
     def unreserve(self, row_ids: Iterable[int]) -> None:
         """Its transaction rolled back: the rows do not exist."""
         self._reserved.difference_update(row_ids)
+
+    def take_ids(self, count: int) -> list[int]:
+        """Packet ids for QoS 2 rows that a caller writes with their ids (``Spine.appending``), so that the relay
+        publishes them without a stamp of its own: at most what the window has free now (none: they are
+        stamped as usual). Each is then given back (``give_back_ids``), left in doubt (``ids_in_doubt``), or
+        carried by its submitted row."""
+        window = self._conn.window
+        free = window.capacity - window.in_flight
+        return self._conn.allocate_mids(min(count, free)) if count > 0 and free > 0 else []
+
+    def give_back_ids(self, mids: list[int]) -> None:
+        """Ids of rows that were not written."""
+        self._conn.free_mids(mids)
+
+    def ids_in_doubt(self, pairs: list[tuple[int, int]]) -> None:
+        """(row, id) whose write may or may not have committed: the ids stay taken until cleared from the rows."""
+        self._retire(pairs)
 
     def submit(self, rows: Iterable[OutRow]) -> None:
         """Committed rows of ours: publish them from memory."""
@@ -350,6 +368,11 @@ class OutboxRelay:
         """Publish rows in order; returns how many went out (fewer: the connection is gone)."""
         done = 0
         while done < len(rows):
+            if rows[done].packet_id is not None:
+                if not self._publish_stamped(rows[done]):
+                    return done
+                done += 1
+                continue
             if rows[done].qos < 2:
                 if not await self._publish(rows[done]):
                     return done
@@ -402,6 +425,29 @@ class OutboxRelay:
                 self._track(row.id, mid, fut)
                 done += 1
         return done
+
+    def _publish_stamped(self, row: OutRow) -> bool:
+        """A QoS 2 row written with its packet id: published under it (it holds its window slot since
+        ``take_ids``). False when there is no client: the row is then stamped afresh, once its id is cleared."""
+        assert row.packet_id is not None
+        try:
+            fut = self._conn.publish_with_mid(row.packet_id, self._message(row))
+        except SpineError:
+            self._retire([(row.id, row.packet_id)])
+            self._unstamp(row)
+            return False
+        except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
+            log.exception("outbox: cannot publish row; retried after its claim expires", row=row.id)
+            self._retire([(row.id, row.packet_id)])
+            return True
+        self._track(row.id, row.packet_id, fut)
+        return True
+
+    def _unstamp(self, row: OutRow) -> None:
+        for i, queued in enumerate(self._ready):
+            if queued.id == row.id:
+                self._ready[i] = replace(row, packet_id=None)
+                return
 
     @staticmethod
     def _message(row: OutRow) -> Message:

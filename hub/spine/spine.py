@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -88,19 +89,38 @@ class _AppendOnly:
 class Appending:
     """Rows collected by ``Spine.appending()``, written by one statement of the caller's (``write``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, relay: OutboxRelay, owner: str) -> None:
         self.conn: Any = _AppendOnly()
         self.appends = PendingAppends(self.conn)
         self._store = store
+        self._relay = relay
+        self._owner = owner
         self.written = False
+        self.packet_ids: dict[int, int] = {}  # row id → the packet id it was written with
 
     async def write(self, sql: str, *args: Any) -> asyncpg.Record | None:
         """Run ``sql``, whose parameters are ``args`` and then those of ``append_ctes`` (numbered from
         ``len(args) + 1``, usually with ``only_if``), and which returns ``ARRAY(SELECT id FROM ob) AS written``.
-        Returns its row; None means it wrote nothing (and nothing is published)."""
-        row = await self._store.write_returning(sql, *args, *append_args([self.appends]))
+        Returns its row; None means it wrote nothing (and nothing is published).
+
+        QoS 2 rows are written with their packet ids (while the window has room), as the relay's stamp would
+        write them: committed with the row, they are published right after without another round trip."""
+        outbox = self.appends.outbox
+        qos2 = [i for i, r in enumerate(outbox) if r[4] == 2]
+        mids = self._relay.take_ids(len(qos2))
+        for i, mid in zip(qos2, mids, strict=False):
+            outbox[i] = (*outbox[i][:9], mid, self._owner)
+        stamped = {outbox[i][0]: mid for i, mid in zip(qos2, mids, strict=False)}
+        try:
+            row = await self._store.write_returning(sql, *args, *append_args([self.appends]))
+        except BaseException:
+            self._relay.ids_in_doubt(list(stamped.items()))  # committed or not: cleared before reuse
+            raise
+        written = set(row["written"] or ()) if row is not None else set()
+        self._relay.give_back_ids([mid for row_id, mid in stamped.items() if row_id not in written])
         if row is not None:
-            mark_skipped([self.appends], set(row["written"] or ()))
+            mark_skipped([self.appends], written)
+            self.packet_ids = {row_id: mid for row_id, mid in stamped.items() if row_id in written}
             self.written = True
         return row
 
@@ -604,7 +624,7 @@ class Spine:
         (``batch.write(sql, …)``, its CTEs ending in ``append_ctes``): no BEGIN and no COMMIT of their own. The
         rows are published from memory once that statement committed; if it wrote nothing, or raised, they are
         dropped."""
-        batch = Appending(self._store)
+        batch = Appending(self._store, self.relay, self._owner)
         block = _Block(batch.conn)
         token = _current_block.set(block)
         appends_token = pending_appends.set(batch.appends)
@@ -622,7 +642,7 @@ class Spine:
         skipped = batch.appends.skipped
         if skipped:
             self.relay.unreserve(skipped)
-        rows = [r for r in block.rows if r.id not in skipped]
+        rows = [replace(r, packet_id=batch.packet_ids.get(r.id)) for r in block.rows if r.id not in skipped]
         if rows:
             self.relay.submit(rows)
 

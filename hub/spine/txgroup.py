@@ -59,33 +59,33 @@ def append_ctes(first: int, *, only_if: str | None = None) -> str:
     cond = f" WHERE EXISTS (SELECT 1 FROM {only_if})" if only_if else ""
     return f"""ob AS (
     INSERT INTO outbox (id, idempotency_key, topic, payload, qos, retain, properties, correlation_id, claimed_by,
-                        claimed_until)
-    SELECT i, k, t, p, q, r, pr::jsonb, c, cb,
-           CASE WHEN cb IS NULL THEN NULL ELSE now() + make_interval(secs => {p[9]}) END
+                        packet_id, packet_session, claimed_until)
+    SELECT i, k, t, p, q, r, pr::jsonb, c, cb, pid, ps,
+           CASE WHEN cb IS NULL THEN NULL ELSE now() + make_interval(secs => {p[11]}) END
     FROM unnest({p[0]}::bigint[], {p[1]}::text[], {p[2]}::text[], {p[3]}::bytea[], {p[4]}::smallint[],
-                {p[5]}::boolean[], {p[6]}::text[], {p[7]}::text[], {p[8]}::text[])
-         AS x(i, k, t, p, q, r, pr, c, cb){cond}
+                {p[5]}::boolean[], {p[6]}::text[], {p[7]}::text[], {p[8]}::text[], {p[9]}::int[], {p[10]}::text[])
+         AS x(i, k, t, p, q, r, pr, c, cb, pid, ps){cond}
     ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING id),
 ev AS (
     INSERT INTO events (id, actor, kind, subject, correlation_id, body)
     SELECT i, a, k, s, c, b::jsonb
-    FROM unnest({p[10]}::bigint[], {p[11]}::text[], {p[12]}::text[], {p[13]}::text[], {p[14]}::text[],
-                {p[15]}::text[]) AS y(i, a, k, s, c, b){cond})"""
+    FROM unnest({p[12]}::bigint[], {p[13]}::text[], {p[14]}::text[], {p[15]}::text[], {p[16]}::text[],
+                {p[17]}::text[]) AS y(i, a, k, s, c, b){cond})"""
 
 
-APPEND_PARAMS = 16  # 9 outbox columns, the claim seconds, 6 event columns
+APPEND_PARAMS = 18  # 11 outbox columns, the claim seconds, 6 event columns
 
 # One statement at the end of a group: its appended outbox rows and events, and the done marks.
 _FLUSH_SQL = f"""
 WITH {append_ctes(1)},
 fin AS (
     UPDATE inbox SET state = 'done', finished_at = now(), attempts = attempts + 1
-    WHERE id = ANY($17::bigint[]) AND state = 'pending' RETURNING id)
+    WHERE id = ANY(${APPEND_PARAMS + 1}::bigint[]) AND state = 'pending' RETURNING id)
 SELECT ARRAY(SELECT id FROM ob) AS written
-WHERE CASE WHEN (SELECT count(*) FROM fin) = cardinality($17::bigint[]) THEN true
+WHERE CASE WHEN (SELECT count(*) FROM fin) = cardinality(${APPEND_PARAMS + 1}::bigint[]) THEN true
            ELSE kitt_abort_statement('an inbox row of the group was no longer pending') END
-"""  # $1-$16 appends, $17 inbox ids; CASE, not OR: evaluated in order
+"""  # the appends, then the inbox ids; CASE, not OR: evaluated in order
 STALE_SQLSTATE = "KT001"  # raised by kitt_abort_statement (migration 0060)
 _PENDING_SQL = "SELECT id FROM inbox WHERE id = ANY($1::bigint[]) AND state = 'pending'"
 # The connection methods that send a statement: a grouped block's first one opens the group's transaction.

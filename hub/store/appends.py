@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from hub.store.store import Store
 
-# (id, idempotency key, topic, payload, qos, retain, properties json, correlation id, claimed by)
-OutboxAppend = tuple[int, str, str, bytes, int, bool, str, str | None, str | None]
+# (id, idempotency key, topic, payload, qos, retain, properties json, correlation id, claimed by, packet id,
+#  packet session): the packet id when the writer chose it already (``Spine.appending``), else None
+OutboxAppend = tuple[int, str, str, bytes, int, bool, str, str | None, str | None, int | None, str | None]
 # (id, actor, kind, subject, correlation id, body json)
 EventAppend = tuple[int, str, str, str | None, str | None, str]
 
