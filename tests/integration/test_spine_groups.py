@@ -12,6 +12,7 @@ import pytest
 
 from hub.config import Config
 from hub.spine import AlreadyHandled, Inbound, Route
+from hub.spine.txgroup import append_ctes
 from tests.support.config import make_config
 from tests.support.db import fetch
 from tests.support.mosquitto import Mosquitto
@@ -186,3 +187,30 @@ async def test_a_transaction_with_deferred_appends_writes_them_with_its_commit(b
         await out.settle(0.5)
     assert [m.json() for m in received] == [{"n": 1}] and len(out.messages) == 1
     assert await fetch(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 'd-2'") == []
+
+
+async def test_rows_written_by_one_appending_statement_carry_their_packet_ids(broker: Mosquitto, cfg: Config) -> None:
+    # How an approval writes its command: the row is committed with its packet id, so the relay publishes it
+    # without a stamp of its own; a statement whose guard did not match writes nothing and keeps no id.
+    guarded = "WITH g AS (SELECT 1 AS one WHERE $1), {appends} SELECT ARRAY(SELECT id FROM ob) AS written FROM g"
+    sql = guarded.format(appends=append_ctes(2, only_if="g"))
+    async with running_spine(cfg, routes=[]) as env, TestClient(broker.port) as c:
+        out = await c.collect(f"test/{cfg.hub.id}/stamped")
+        window = env.spine.connection.window
+        before = window.in_flight
+        async with env.spine.appending() as batch:
+            row_id = await env.spine.enqueue(batch.conn, topic=f"test/{cfg.hub.id}/stamped", payload={"n": 1},
+                                             key="s-1")
+            assert await batch.write(sql, True) is not None
+            # Committed, not yet handed to the relay (that happens when the block ends): the id is the row's own.
+            row = (await fetch(cfg.database.url, "SELECT packet_id, packet_session FROM outbox WHERE id = $1",
+                               row_id))[0]
+            assert row["packet_id"] == batch.packet_ids[row_id] and row["packet_session"] == cfg.client_id
+        async with env.spine.appending() as batch:
+            await env.spine.enqueue(batch.conn, topic=f"test/{cfg.hub.id}/stamped", payload={"n": 2}, key="s-2")
+            assert await batch.write(sql, False) is None
+        received = await out.wait_for(1, 10)
+        await out.settle(0.5)
+        assert [m.json() for m in received] == [{"n": 1}] and len(out.messages) == 1
+        await eventually(lambda: window.in_flight == before, timeout=10)  # both ids are free again
+    assert await fetch(cfg.database.url, "SELECT id FROM outbox WHERE idempotency_key = 's-2'") == []
