@@ -181,20 +181,21 @@ class Store:
         committed when this returns), lost only in a crash of PostgreSQL or the machine within the WAL writer's
         delay. Only for writes whose loss can at worst cause a duplicate delivery or drop derived data: the
         outbox's packet-id stamps and PUBREC marks, memory turns. Never for an inbox row or a state transition."""
-        if self._unflushed is None:
-            raise StoreError("store is not started")
         try:
-            return await self._unflushed.execute(query, *args)
+            return await self._unflushed_pool().execute(query, *args)
         except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
     async def write_unflushed_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
-        if self._unflushed is None:
-            raise StoreError("store is not started")
         try:
-            return await self._unflushed.fetchrow(query, *args)
+            return await self._unflushed_pool().fetchrow(query, *args)
         except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
+
+    def _unflushed_pool(self) -> asyncpg.Pool:
+        if self._unflushed is None:
+            raise StoreError("store is not started")
+        return self._unflushed
 
     async def write_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
         try:
