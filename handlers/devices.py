@@ -24,14 +24,16 @@ from hub.plugins import PluginContext
 from hub.spine import Inbound, Route
 
 # The last known state and its audit event in one statement (one round trip, no BEGIN/COMMIT of its own).
+# Reports of one device are handled concurrently, so their writes may commit out of order: a state older
+# than the stored one is not written over it (its event is still recorded).
 _PERSIST_SQL = """WITH s AS (INSERT INTO device_state (name, state, available, updated_at)
-                            VALUES ($1, $2::jsonb, $3, now())
+                            VALUES ($1, $2::jsonb, $3, COALESCE($5, now()))
                             ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, available = EXCLUDED.available,
                                                              updated_at = EXCLUDED.updated_at
-                            RETURNING name)
+                            WHERE device_state.updated_at <= EXCLUDED.updated_at)
                   INSERT INTO events (actor, kind, subject, body)
-                  SELECT 'devices', 'device.state', s.name, $4::jsonb FROM s"""
-# $1 name, $2 state (dict, jsonb codec), $3 available, $4 event body (dict)
+                  VALUES ('devices', 'device.state', $1, $4::jsonb)"""
+# $1 name, $2 state (dict, jsonb codec), $3 available, $4 event body (dict), $5 when the tracker applied it
 
 
 def _speakable(action: str) -> str:
@@ -128,7 +130,8 @@ class DeviceManager:
         body: dict[str, Any] = {"topic": topic, "available": current.available}
         if change.state:
             body["changed"] = change.state
-        await self._ctx.store.write(_PERSIST_SQL, change.name, current.state, current.available, body)
+        await self._ctx.store.write(_PERSIST_SQL, change.name, current.state, current.available, body,
+                                    current.updated_at)
 
     async def warm(self) -> int:
         rows = await self._ctx.store.fetch(

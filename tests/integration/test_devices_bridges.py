@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from gmqtt import Client, Message
 from gmqtt.mqtt.constants import MQTTv50
 
+from devices.state import Change
 from hub.app import Hub
-from hub.contracts import DeviceAction
+from hub.contracts import DeviceAction, DeviceState
 from tests.support.hubs import devices_config, devices_hub
 
 pytestmark = pytest.mark.integration
@@ -142,6 +144,22 @@ async def test_state_changes_are_recorded_once_and_warm_the_next_start(db_dsn: s
     # A second hub on the same database knows the state before any bridge speaks (no simulator now).
     async with Hub(config) as hub:
         assert hub.services.devices.state("kitchen_light").state.get("brightness") == 50
+
+
+async def test_a_state_written_late_does_not_replace_a_newer_one(db_dsn: str, state_dir: Path) -> None:
+    # Reports of one device are handled concurrently; their writes may commit out of order.
+    config = devices_config(dsn=db_dsn, state_dir=state_dir)
+    async with devices_hub(config) as run:
+        now = datetime.now(UTC)
+        newer = DeviceState("kitchen_light", {"state": "ON", "brightness": 90}, True, now)
+        older = DeviceState("kitchen_light", {"state": "OFF"}, True, now - timedelta(seconds=1))
+        for current in (newer, older):
+            await run.devices._persist(Change("kitchen_light", dict(current.state), False, current), "t/kitchen")
+        row = await run.hub.store.fetchrow("SELECT state FROM device_state WHERE name = 'kitchen_light'")
+        assert row["state"] == {"state": "ON", "brightness": 90}
+        bodies = [e["body"] for e in await run.hub.store.events(kind="device.state", subject="kitchen_light")
+                  if e["body"].get("topic") == "t/kitchen"]
+        assert len(bodies) == 2  # both reports are in the audit trail
 
 
 async def test_a_retained_command_on_a_bridge_topic_is_never_executed(db_dsn: str, state_dir: Path) -> None:
