@@ -27,7 +27,8 @@ class Memory:
     async def remember(self, text: str, vector: np.ndarray, *, site: str, user: str | None = None) -> str:
         point_id = str(uuid.uuid4())
         # A turn lost in a crash of PostgreSQL itself is acceptable (memory is best effort); a flush wait is not.
-        row = await self._store.write_unflushed_returning(_INSERT_SQL, uuid.UUID(point_id), text, site, user)
+        row = await self._store.write_returning(_INSERT_SQL, uuid.UUID(point_id), text, site, user,
+                                                 flush=False)
         assert row is not None
         await self._vectors.remember(text, vector, site=site, user=user, at=float(row[0]), point_id=point_id)
         return point_id

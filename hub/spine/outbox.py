@@ -81,11 +81,11 @@ WHERE id = ANY($1::bigint[]) AND sent_at IS NULL AND packet_session = $3
 """  # $1 ids, $2 their packet ids, $3 client id
 
 
-# After a PUBREC, before its PUBREL. Like the stamp, committed without waiting for the WAL flush
-# (``Store.write_unflushed``): safe to lose in a PostgreSQL crash, never in a hub crash (it is committed before the
-# PUBREL leaves). The row then looks unreleased and its PUBLISH goes out again under the same id: a broker that
-# already completed it delivers a second copy, none is lost. It can never be mistaken for another message under
-# that id: the id is reused only after this row's ``sent_at`` commit, which is synchronous and flushes this too.
+# After a PUBREC, before its PUBREL. Like the stamp, committed without waiting for the WAL flush (``flush=False``):
+# safe to lose in a PostgreSQL crash, never in a hub crash (it is committed before the PUBREL leaves). The row then
+# looks unreleased and its PUBLISH goes out again under the same id: a broker that already completed it delivers a
+# second copy, none is lost. It can never be mistaken for another message under that id: the id is reused only
+# after this row's ``sent_at`` commit, which is synchronous and flushes this too.
 _RELEASED_SQL = "UPDATE outbox SET released = true WHERE id = ANY($1::bigint[])"  # $1 ids
 
 
@@ -200,7 +200,8 @@ class OutboxRelay:
         self._row_mids: dict[int, int] = {}
         # PUBRECs, whose PUBREL waits until `released` is written (the broker holds the message meanwhile).
         self._releases: RetryingBatches[tuple[int, Callable[[], None]]] = RetryingBatches(
-            "record PUBRECs", lambda batch: self._store.write_unflushed(_RELEASED_SQL, [row for row, _ in batch]),
+            "record PUBRECs", lambda batch: self._store.write(_RELEASED_SQL, [row for row, _ in batch],
+                                                                  flush=False),
             self._send_pubrels)
         # (row, mid) whose id is cleared from the row before the id goes back to the pool.
         self._retired: RetryingBatches[tuple[int, int]] = RetryingBatches(
@@ -404,7 +405,7 @@ class OutboxRelay:
                 continue
             chunk = rows[done:done + len(mids)]
             try:
-                await self._store.write_unflushed(_STAMP_SQL, [r.id for r in chunk], mids, self._owner)
+                await self._store.write(_STAMP_SQL, [r.id for r in chunk], mids, self._owner, flush=False)
             except StoreError:
                 self._retire([(r.id, mid) for r, mid in zip(chunk, mids, strict=True)])  # committed or not
                 raise

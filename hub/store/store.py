@@ -26,7 +26,7 @@ log = structlog.get_logger("kitt.store")
 DB_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
              asyncpg.exceptions.InternalClientError)
 
-# Connections of the pool for writes committed without waiting for the WAL flush (``write_unflushed``).
+# Connections of the pool for writes committed without waiting for the WAL flush (``write(…, flush=False)``).
 UNFLUSHED_POOL_MAX = 4
 
 _EVENT_SQL = """INSERT INTO events (actor, kind, subject, correlation_id, body)
@@ -169,39 +169,31 @@ class Store:
             return StoreDataError(str(exc))
         return StoreWriteError(str(exc) or type(exc).__name__)
 
-    async def write(self, query: str, *args: Any) -> str:
-        """Execute one statement in its own transaction; raises ``StoreWriteError`` if it did not commit."""
-        try:
-            return await self.pool.execute(query, *args)
-        except DB_ERRORS as exc:
-            raise self._write_failed(exc) from exc
+    async def write(self, query: str, *args: Any, flush: bool = True) -> str:
+        """Execute one statement in its own transaction; raises ``StoreWriteError`` if it did not commit.
 
-    async def write_unflushed(self, query: str, *args: Any) -> str:
-        """``write()`` committed without waiting for the WAL flush: back from a hub crash like any commit (it is
+        ``flush=False``: committed without waiting for the WAL flush. Back from a hub crash like any commit (it is
         committed when this returns), lost only in a crash of PostgreSQL or the machine within the WAL writer's
         delay. Only for writes whose loss can at worst cause a duplicate delivery or drop derived data: the
-        outbox's packet-id stamps and PUBREC marks, memory turns. Never for an inbox row or a state transition."""
+        outbox's packet-id stamps and PUBREC marks, memory turns. Never for an inbox row or a state transition.
+        """
         try:
-            return await self._unflushed_pool().execute(query, *args)
+            return await self._pool_for(flush).execute(query, *args)
         except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
-    async def write_unflushed_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
+    async def write_returning(self, query: str, *args: Any, flush: bool = True) -> asyncpg.Record | None:
         try:
-            return await self._unflushed_pool().fetchrow(query, *args)
+            return await self._pool_for(flush).fetchrow(query, *args)
         except DB_ERRORS as exc:
             raise self._write_failed(exc) from exc
 
-    def _unflushed_pool(self) -> asyncpg.Pool:
+    def _pool_for(self, flush: bool) -> asyncpg.Pool:
+        if flush:
+            return self.pool
         if self._unflushed is None:
             raise StoreError("store is not started")
         return self._unflushed
-
-    async def write_returning(self, query: str, *args: Any) -> asyncpg.Record | None:
-        try:
-            return await self.pool.fetchrow(query, *args)
-        except DB_ERRORS as exc:
-            raise self._write_failed(exc) from exc
 
     async def write_fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         """A write that returns rows (``… RETURNING``)."""

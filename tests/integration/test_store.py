@@ -111,21 +111,21 @@ def test_two_hubs_starting_together_on_one_database_migrate_once(db_dsn: str, tm
 
 
 async def test_only_unflushed_writes_skip_the_wal_flush(db_dsn: str) -> None:
-    # The outbox's stamps and PUBREC marks go through write_unflushed; inbox rows and transitions must not.
+    # The outbox's stamps and PUBREC marks are written with flush=False; inbox rows and transitions must not.
     store = Store(dsn=db_dsn, metrics=Metrics(), pool_min=1, pool_max=2)
     await store.start()
     try:
         assert await store.fetchval("SELECT current_setting('synchronous_commit')") == "on"
         async with store.transaction() as conn:
             assert await conn.fetchval("SELECT current_setting('synchronous_commit')") == "on"
-        row = await store.write_unflushed_returning("SELECT current_setting('synchronous_commit') AS s")
+        row = await store.write_returning("SELECT current_setting('synchronous_commit') AS s", flush=False)
         assert row is not None and row["s"] == "off"
-        status = await store.write_unflushed("UPDATE events SET kind = kind WHERE false")
+        status = await store.write("UPDATE events SET kind = kind WHERE false", flush=False)
         assert status == "UPDATE 0"
         event_id = await store.record_event("test.kind", actor="t")
         with pytest.raises(StoreWriteError):  # append-only: refused, and the caller hears of it
-            await store.write_unflushed("UPDATE events SET kind = 'x' WHERE id = $1", event_id)
+            await store.write("UPDATE events SET kind = 'x' WHERE id = $1", event_id, flush=False)
     finally:
         await store.stop()
     with pytest.raises(StoreError):
-        await store.write_unflushed("SELECT 1")
+        await store.write("SELECT 1", flush=False)
