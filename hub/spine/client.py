@@ -76,6 +76,10 @@ class OutboundWindow:
     def in_flight(self) -> int:
         return self._in_flight
 
+    @property
+    def free(self) -> int:
+        return max(0, self.capacity - self._in_flight)
+
     def full(self) -> bool:
         return self._in_flight >= self.capacity
 

@@ -229,8 +229,7 @@ class OutboxRelay:
         publishes them without a stamp of its own: at most what the window has free now (none: they are
         stamped as usual). Each is then given back (``give_back_ids``), left in doubt (``ids_in_doubt``), or
         carried by its submitted row."""
-        window = self._conn.window
-        free = window.capacity - window.in_flight
+        free = self._conn.window.free
         return self._conn.allocate_mids(min(count, free)) if count > 0 and free > 0 else []
 
     def give_back_ids(self, mids: list[int]) -> None:
@@ -398,7 +397,7 @@ class OutboxRelay:
             if window.full():
                 await window.wait()
                 continue
-            mids = self._conn.allocate_mids(min(len(rows) - done, window.capacity - window.in_flight))
+            mids = self._conn.allocate_mids(min(len(rows) - done, window.free))
             if not mids:
                 # The window counts free slots but gmqtt's pool has none (ids of SUBSCRIBEs): a moment.
                 await asyncio.sleep(0.01)
@@ -413,17 +412,9 @@ class OutboxRelay:
                 self._conn.free_mids(mids)  # stopping: the next process reads the ids from the rows
                 raise
             for i, (row, mid) in enumerate(zip(chunk, mids, strict=True)):
-                try:
-                    fut = self._conn.publish_with_mid(mid, self._message(row))
-                except SpineError:
+                if not self._publish_under(row, mid):
                     self._retire([(r.id, m) for r, m in zip(chunk[i:], mids[i:], strict=True)])
                     return done
-                except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
-                    log.exception("outbox: cannot publish row; retried after its claim expires", row=row.id)
-                    self._retire([(row.id, mid)])
-                    done += 1
-                    continue
-                self._track(row.id, mid, fut)
                 done += 1
         return done
 
@@ -431,17 +422,24 @@ class OutboxRelay:
         """A QoS 2 row written with its packet id: published under it (it holds its window slot since
         ``take_ids``). False when there is no client: the row is then stamped afresh, once its id is cleared."""
         assert row.packet_id is not None
+        if self._publish_under(row, row.packet_id):
+            return True
+        self._retire([(row.id, row.packet_id)])
+        self._unstamp(row)
+        return False
+
+    def _publish_under(self, row: OutRow, mid: int) -> bool:
+        """PUBLISH a row whose packet id is written on it, under that id. False when there is no client (the
+        caller retires the id); a row gmqtt cannot encode is retired here and counts as done."""
         try:
-            fut = self._conn.publish_with_mid(row.packet_id, self._message(row))
+            fut = self._conn.publish_with_mid(mid, self._message(row))
         except SpineError:
-            self._retire([(row.id, row.packet_id)])
-            self._unstamp(row)
             return False
         except Exception:  # a row gmqtt cannot encode must not stop the relay; it stays claimed a while
             log.exception("outbox: cannot publish row; retried after its claim expires", row=row.id)
-            self._retire([(row.id, row.packet_id)])
+            self._retire([(row.id, mid)])
             return True
-        self._track(row.id, row.packet_id, fut)
+        self._track(row.id, mid, fut)
         return True
 
     def _unstamp(self, row: OutRow) -> None:
