@@ -16,8 +16,8 @@ import contextvars
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -540,27 +540,45 @@ class Spine:
             async with transaction as conn:
                 if appends is not None:
                     appends.conn = conn
-                block = _Block(conn)
-                token = _current_block.set(block)
-                appends_token = pending_appends.set(appends)
-                try:
+                with self._collecting(conn, appends) as block:
                     yield block
-                finally:
-                    pending_appends.reset(appends_token)
-                    _current_block.reset(token)
                 if flush and appends is not None:
                     await flush_appends(conn, appends)
         except BaseException:
             if block is not None:
-                self.relay.unreserve(r.id for r in block.rows)
+                self._drop(block)
             raise
         assert block is not None
-        # A grouped block's row whose key was enqueued before was not written (found at the commit).
+        self._hand_over(block, appends)
+
+    @contextmanager
+    def _collecting(self, conn: Any, appends: PendingAppends | None) -> Iterator[_Block]:
+        """The block running in this task on ``conn``: ``enqueue`` (and ``record_event``) on that connection
+        reserve their rows in ``block`` (and append them to ``appends``, if any)."""
+        block = _Block(conn)
+        token = _current_block.set(block)
+        appends_token = pending_appends.set(appends)
+        try:
+            yield block
+        finally:
+            pending_appends.reset(appends_token)
+            _current_block.reset(token)
+
+    def _hand_over(self, block: _Block, appends: PendingAppends | None,
+                   packet_ids: Mapping[int, int] | None = None) -> None:
+        """The block committed: its rows go to the relay, but for appended ones not written (a key enqueued
+        before, found at the commit); ``packet_ids``: rows written with their ids."""
         skipped = appends.skipped if appends is not None else frozenset()
         if skipped:
             self.relay.unreserve(skipped)
-        if block.rows:
-            self.relay.submit(r for r in block.rows if r.id not in skipped)
+        ids = packet_ids or {}
+        rows = [replace(r, packet_id=ids[r.id]) if r.id in ids else r for r in block.rows if r.id not in skipped]
+        if rows:
+            self.relay.submit(rows)
+
+    def _drop(self, block: _Block) -> None:
+        """The block's transaction rolled back (or its statement wrote nothing): its rows do not exist."""
+        self.relay.unreserve(r.id for r in block.rows)
 
     @asynccontextmanager
     async def _solo(self, row: int | None) -> AsyncIterator[asyncpg.Connection]:
@@ -625,26 +643,16 @@ class Spine:
         rows are published from memory once that statement committed; if it wrote nothing, or raised, they are
         dropped."""
         batch = Appending(self._store, self.relay, self._owner)
-        block = _Block(batch.conn)
-        token = _current_block.set(block)
-        appends_token = pending_appends.set(batch.appends)
-        try:
-            yield batch
-        except BaseException:
-            self.relay.unreserve(r.id for r in block.rows)
-            raise
-        finally:
-            pending_appends.reset(appends_token)
-            _current_block.reset(token)
-        if not batch.written:
-            self.relay.unreserve(r.id for r in block.rows)
-            return
-        skipped = batch.appends.skipped
-        if skipped:
-            self.relay.unreserve(skipped)
-        rows = [replace(r, packet_id=batch.packet_ids.get(r.id)) for r in block.rows if r.id not in skipped]
-        if rows:
-            self.relay.submit(rows)
+        with self._collecting(batch.conn, batch.appends) as block:
+            try:
+                yield batch
+            except BaseException:
+                self._drop(block)
+                raise
+        if batch.written:
+            self._hand_over(block, batch.appends, batch.packet_ids)
+        else:
+            self._drop(block)
 
     async def send(self, *, topic: str, payload: Any, key: str, qos: int = 2, retain: bool = False,
                    properties: dict[str, Any] | None = None, correlation_id: str | None = None) -> int | None:
