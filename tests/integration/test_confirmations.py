@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +28,17 @@ def _config(db_dsn: str, state_dir: Path, **hazards):
                           hazards={"pin_hash": hash_pin(PIN), "max_pin_failures": 3, "lockout_s": 60, **hazards})
 
 
+@asynccontextmanager
+async def _rig(db_dsn: str, state_dir: Path,
+               unlock: tuple[str, float] | None = None) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A hub with the devices and confirmations plugins (``unlock``: the unlock class's level and timeout),
+    the front door's set topic watched, and the confirmation service."""
+    hazards = {"classes": {"lock.unlock": {"level": unlock[0], "timeout_s": unlock[1]}}} if unlock else {}
+    config = _config(db_dsn, state_dir, **hazards)
+    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
+        yield run, await watcher.collect(_set_topic(run)), run.hub.services.confirmations
+
+
 def _set_topic(run) -> str:
     return f"{run.config.devices['front_door'].model_extra['base_topic']}/front_door/set"
 
@@ -35,10 +49,7 @@ async def _events(run, cid: str) -> list[str]:
 
 
 async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: str, state_dir: Path) -> None:
-    config = _config(db_dsn, state_dir)
-    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
-        commands = await watcher.collect(_set_topic(run))
-        service = run.hub.services.confirmations
+    async with _rig(db_dsn, state_dir) as (run, commands, service):
         asker = Principal(kind="voice", site="kitchen", session_id="s1")
         told: list[tuple[str, str]] = []
         service.subscribe(lambda conf: told.append((conf.id, conf.state)))
@@ -82,10 +93,7 @@ async def test_voice_request_is_executed_once_only_for_its_own_session(db_dsn: s
 
 
 async def test_concurrent_approvals_execute_exactly_once(db_dsn: str, state_dir: Path) -> None:
-    config = _config(db_dsn, state_dir)
-    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
-        commands = await watcher.collect(_set_topic(run))
-        service = run.hub.services.confirmations
+    async with _rig(db_dsn, state_dir) as (run, commands, service):
         c = await service.request(UNLOCK, hazard_class="lock.unlock", principal=Principal(kind="user", user="web"))
         people = [Principal(kind="user", user=f"u{i}") for i in range(8)]
         results = await asyncio.gather(*(service.approve(c.id, principal=p) for p in people),
@@ -101,10 +109,7 @@ async def test_concurrent_approvals_execute_exactly_once(db_dsn: str, state_dir:
 
 
 async def test_pin_lockout_then_the_right_pin_executes_once(db_dsn: str, state_dir: Path) -> None:
-    config = _config(db_dsn, state_dir, classes={"lock.unlock": {"level": "pin", "timeout_s": 60}})
-    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
-        commands = await watcher.collect(_set_topic(run))
-        service = run.hub.services.confirmations
+    async with _rig(db_dsn, state_dir, unlock=("pin", 60)) as (run, commands, service):
         person = Principal(kind="user", user="web")
         c = await service.request(UNLOCK, hazard_class="lock.unlock", principal=person)
         assert c.level == "pin"
@@ -134,10 +139,7 @@ async def test_pin_lockout_then_the_right_pin_executes_once(db_dsn: str, state_d
 
 
 async def test_expired_confirmation_publishes_nothing(db_dsn: str, state_dir: Path) -> None:
-    config = _config(db_dsn, state_dir, classes={"lock.unlock": {"level": "ack", "timeout_s": 0.5}})
-    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
-        commands = await watcher.collect(_set_topic(run))
-        service = run.hub.services.confirmations
+    async with _rig(db_dsn, state_dir, unlock=("ack", 0.5)) as (_run, commands, service):
         seen: list[str] = []
         service.subscribe(lambda conf: seen.append(conf.state))
         asker = Principal(kind="voice", site="kitchen", session_id="s9")
@@ -158,10 +160,7 @@ async def test_expired_confirmation_publishes_nothing(db_dsn: str, state_dir: Pa
 async def test_an_approval_of_a_confirmation_requested_here_is_one_statement(db_dsn: str, state_dir: Path) -> None:
     # Requested by this instance: its binding is checked from memory and the approval, with its command, is one
     # statement. Expired before the answer: that statement writes nothing and the transaction path says why.
-    config = _config(db_dsn, state_dir, classes={"lock.unlock": {"level": "ack", "timeout_s": 2}})
-    async with devices_hub(config) as run, TestClient(config.mqtt.port) as watcher:
-        commands = await watcher.collect(_set_topic(run))
-        service = run.hub.services.confirmations
+    async with _rig(db_dsn, state_dir, unlock=("ack", 2)) as (run, commands, service):
         transactions: list[str] = []
         real = service._command_transaction
 
