@@ -134,7 +134,7 @@ class ConfirmationService:
         devices: Callable[[], DeviceService | None],
         transaction: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
         dsn: str,
-        appending: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        appending: Callable[[], AbstractAsyncContextManager[Any]],
     ) -> None:
         """``transaction``: where an approval and its device command commit (the spine's, whose relay
         publishes the command from memory right after the commit)."""
@@ -354,7 +354,7 @@ class ConfirmationService:
         notifications, the device command and its event, written only if the row was still pending and
         unexpired. For a principal already checked against ``known``'s binding. None: nothing was written."""
         devices = self._devices()
-        if devices is None or self._appending is None:
+        if devices is None:
             return None
         cid = known["id"]
         key = f"confirm:{cid}"
